@@ -152,3 +152,103 @@ def _deep_copy(data: Any) -> Any:
     if isinstance(data, list):
         return [_deep_copy(v) for v in data]
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer's sections and the top-level Config. The model/objective/data sections are owned by
+# their packages and imported lazily in load_config, so those packages may import this module.
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainConfig:
+    max_steps: int = 100
+    seed: int = 0
+    global_batch_size: int = 8  # rows per optimizer step, over all data-parallel ranks
+    micro_batch_size: int = 8  # rows per forward/backward on one rank
+    seq_len: int = 128
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 0
+    lr_decay_steps: int | None = None  # length of warmup+cosine; defaults to max_steps
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still measured and logged)
+    max_consecutive_nonfinite: int = 5  # skipped NaN/inf steps in a row before the run stops
+    activation_checkpointing: bool = False
+    compile: bool = False
+    dtype: typing.Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+    def validate(self) -> None:
+        for name in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "max_consecutive_nonfinite"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise ValueError(f"lr_decay_steps={self.lr_decay_steps} must be >= 1 (or null for max_steps)")
+        if not 0 <= self.warmup_steps <= (self.lr_decay_steps or self.max_steps):
+            raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, lr_decay_steps or max_steps]")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, "
+                             f"min_lr_ratio={self.min_lr_ratio}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError(f"grad_clip={self.grad_clip} and weight_decay={self.weight_decay} must be >= 0")
+
+
+@dataclasses.dataclass
+class ParallelConfig:
+    engine: typing.Literal["torch", "deepspeed"] = "torch"
+    tp: int = 1  # tensor-parallel size; data-parallel size = world_size / tp
+    sequence_parallel: bool = False  # shard norms/residual activations over the sequence within TP
+    # FSDP2 over the data-parallel ranks: "full" reshards parameters after forward (ZeRO-3),
+    # "grad_op" keeps them gathered until backward (ZeRO-2: more memory, fewer all-gathers).
+    fsdp: typing.Literal["full", "grad_op"] = "full"
+
+    def validate(self) -> None:
+        if self.tp < 1:
+            raise ValueError(f"tp={self.tp} must be >= 1")
+        if self.engine == "deepspeed":
+            raise ValueError("engine 'deepspeed' is not implemented yet; use parallel.engine=torch "
+                             "(DTensor TP + FSDP2)")
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError("sequence_parallel needs tp > 1; set parallel.tp or sequence_parallel=false")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    interval: int = 0  # save every N steps (0: only at the end and on SIGTERM)
+    keep: int = 3  # complete checkpoints kept (oldest deleted first)
+    dir: str | None = None  # default: <run.dir>/checkpoints
+    resume: bool = True  # continue from the latest complete checkpoint in dir, if any
+
+    def validate(self) -> None:
+        if self.interval < 0 or self.keep < 1:
+            raise ValueError(f"need interval >= 0 and keep >= 1, got interval={self.interval}, keep={self.keep}")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    dir: str = "runs/default"
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    interval: int = 0  # evaluate held-out loss every N steps (0: never)
+    batches: int = 2  # micro-batches per evaluation, per data-parallel rank
+
+    def validate(self) -> None:
+        if self.interval < 0 or self.batches < 1:
+            raise ValueError(f"need interval >= 0 and batches >= 1, got interval={self.interval}, "
+                             f"batches={self.batches}")
+
+
+@dataclasses.dataclass
+class MetricsConfig:
+    log_interval: int = 1
+    tensorboard: bool = True
+    peak_tflops: float | None = None  # per-device peak for MFU; default: looked up from the GPU name
+
+    def validate(self) -> None:
+        if self.log_interval < 1:
+            raise ValueError(f"log_interval={self.log_interval} must be >= 1")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops={self.peak_tflops} must be > 0 (or null)")

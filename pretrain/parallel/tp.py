@@ -1,0 +1,90 @@
+"""Tensor-parallel plan for GLMModel (module names pinned in docs/architecture.md).
+
+Megatron's layout expressed as DTensor styles: vocab-parallel embedding, q/k/v and gate/up split by
+output features (heads), o/down split by input features, logits left sharded over the vocabulary
+for ``loss_parallel``. With ``sequence_parallel`` the norms and the residual stream between blocks
+are split over the sequence instead of replicated (all-reduce becomes reduce-scatter + all-gather).
+
+Tied embeddings (no ``lm_head``): the model computes ``logits = h @ embed_tokens.weight.T`` with the
+embedding's own (vocab-sharded) weight. We hand that matmul a replicated DTensor ``h`` (a hook on the
+final ``norm``), so DTensor produces vocab-sharded logits, ``Shard(-1)``, exactly like ``lm_head``; the
+tied weight's gradient gets both contributions on its own shard, with no extra communication.
+"""
+from __future__ import annotations
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (ColwiseParallel, ParallelStyle, PrepareModuleOutput,
+                                               RowwiseParallel, SequenceParallel, parallelize_module)
+
+_COLWISE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+_ROWWISE = ("self_attn.o_proj", "mlp.down_proj")
+_NORMS = ("input_layernorm", "post_attention_layernorm")
+_POSITION_TABLES = ("position_embeddings", "block_position_embeddings")
+
+
+def check_tp_divisibility(num_heads: int, num_kv_heads: int, vocab_size: int, seq_len: int, tp: int,
+                          sequence_parallel: bool) -> None:
+    """Raise ValueError naming the first size that tensor parallelism cannot split evenly."""
+    checks = [("model.num_attention_heads", num_heads), ("model.num_key_value_heads", num_kv_heads),
+              ("model.vocab_size", vocab_size)]
+    if sequence_parallel:
+        checks.append(("train.seq_len (sequence parallel)", seq_len))
+    for key, value in checks:
+        if value % tp:
+            raise ValueError(f"{key}={value} is not divisible by parallel.tp={tp}; "
+                             f"choose a tp that divides it (or change {key.split(' ')[0]})")
+
+
+def tp_plan(model: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyle]:
+    """Plan keyed by the model's own module paths (only the modules it really has)."""
+    seq = Shard(1)  # [B, S, D] activations split over S under sequence parallelism
+    between_blocks = seq if sequence_parallel else Replicate()
+    names = {name for name, _ in model.named_modules()}
+    plan: dict[str, ParallelStyle] = {
+        "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=between_blocks),
+    }
+    if sequence_parallel:
+        # Learned 2-D positions are added to the token embedding, so they must arrive split over S
+        # the same way: treat each table like a (small) vocab-parallel embedding.
+        for table in _POSITION_TABLES:
+            if table in names:
+                plan[table] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+    for layer in _layer_names(model):
+        for sub in _COLWISE:
+            if f"{layer}.{sub}" in names:
+                plan[f"{layer}.{sub}"] = ColwiseParallel(input_layouts=between_blocks)
+        for sub in _ROWWISE:
+            plan[f"{layer}.{sub}"] = RowwiseParallel(output_layouts=between_blocks)
+        if sequence_parallel:
+            for sub in _NORMS:
+                plan[f"{layer}.{sub}"] = SequenceParallel()
+    if sequence_parallel:
+        plan["norm"] = SequenceParallel()
+    if "lm_head" in names:
+        plan["lm_head"] = ColwiseParallel(input_layouts=between_blocks, output_layouts=Shard(-1),
+                                          use_local_output=False)
+    return plan
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
+    names = {name for name, _ in model.named_modules()}
+    missing = [n for n in ("embed_tokens", "norm") if n not in names]
+    if missing:
+        raise ValueError(f"the model has no module(s) {missing}; the TP plan follows the names in "
+                         f"docs/architecture.md")
+    parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel))
+    if "lm_head" not in names:
+        # Tied head: give h @ embed_tokens.weight.T a replicated DTensor (see module docstring).
+        parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
+            output_layouts=Shard(1) if sequence_parallel else Replicate(),
+            desired_output_layouts=Replicate(), use_local_output=False))
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, (nn.ModuleList, nn.ModuleDict)) or len(layers) == 0:
+        raise ValueError("the model has no non-empty `layers` container; the TP plan follows the names in "
+                         "docs/architecture.md")
+    return [f"layers.{name}" for name, _ in layers.named_children()]

@@ -1,0 +1,1 @@
+"""The trainer: loop, optimizer and schedule, DCP checkpoints, metrics (TensorBoard, MFU)."""
