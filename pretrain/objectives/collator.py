@@ -1,0 +1,118 @@
+"""``GLMCollator``: TextSamples -> the batch dict of docs/architecture.md, vectorised over the batch.
+
+Per call: choose each row's strategy (per global batch or per sample), draw every row's spans,
+fit Part B into the rows, draw the Part-B orders, lay everything out with ``infill.layout_rows``.
+All randomness is keyed by (seed, sample id) (``rng``), so a row is the same whatever batch,
+rank, worker or resume it is built in.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+from pretrain.objectives import rng
+from pretrain.objectives.config import ObjectiveConfig
+from pretrain.objectives.infill import Spans, layout_rows
+from pretrain.objectives.packing import TextSample, overflow_keep, part_b_rank, raw_length, segments
+from pretrain.objectives.spans import Documents
+from pretrain.objectives.strategies import build_strategies
+from pretrain.tokens import SpecialTokens
+
+
+class GLMCollator:
+    def __init__(self, cfg: ObjectiveConfig, special: SpecialTokens, seq_len: int, seed: int,
+                 global_batch_size: int, sentence_end_ids: np.ndarray | None = None,
+                 vocab_size: int | None = None):
+        cfg.validate()
+        if vocab_size is not None:
+            special.validate(vocab_size)
+        ids = [special.pad, special.eos, special.cls, special.mask, special.smask, special.gmask,
+               special.sop, special.eop]
+        if len(set(ids)) != len(ids) or min(ids) < 0:
+            raise ValueError(f"special token ids must be distinct and non-negative, got {special}")
+        if global_batch_size < 1:
+            raise ValueError(f"global_batch_size={global_batch_size} must be >= 1")
+        self.cfg, self.special, self.seq_len, self.seed = cfg, special, seq_len, seed
+        self.global_batch_size = global_batch_size
+        self.raw_length = raw_length(cfg, seq_len)
+        self.strategies = list(build_strategies(cfg, special, sentence_end_ids).values())
+        self.strategy_names = tuple(s.name for s in self.strategies)
+        self._cum_weights = np.cumsum(list(cfg.weights().values()))
+        # rows, documents; too_short: documents without a maskable token; context_only: documents
+        # that got no span (Part A only, no loss); span_fallbacks: documents whose drawn spans did
+        # not fit and were reduced; overflow_rows: rows that lost spans to fit seq_len.
+        self.stats: Counter = Counter()
+
+    def __call__(self, samples: Sequence[TextSample]) -> dict:
+        import torch
+        return {name: torch.from_numpy(array) for name, array in self.build(samples).items()}
+
+    def row_strategies(self, sample_ids: np.ndarray) -> np.ndarray:
+        """Index into ``strategy_names`` per row: per global batch (same on every rank) or per sample."""
+        if len(self.strategies) == 1:
+            return np.zeros(len(sample_ids), dtype=np.int64)
+        ids = sample_ids // self.global_batch_size if self.cfg.mixture_level == "batch" else sample_ids
+        u = rng.uniform(rng.keys(self.seed, ids), rng.STREAM_MIXTURE)
+        return np.minimum(np.searchsorted(self._cum_weights, u, side="right"), len(self.strategies) - 1)
+
+    def build(self, samples: Sequence[TextSample]) -> dict[str, np.ndarray]:
+        """The batch as numpy arrays (same keys and dtypes as ``__call__``)."""
+        self._check(samples)
+        n_rows = len(samples)
+        sample_ids = np.array([s.sample_id for s in samples], dtype=np.int64)
+        docs = Documents.from_rows([s.documents for s in samples], rng.keys(self.seed, sample_ids),
+                                   self.special.cls)
+        row_strategy = self.row_strategies(sample_ids)
+        doc_strategy = row_strategy[docs.row]
+        starts, ends, mask_ids = [], [], []
+        for index, strategy in enumerate(self.strategies):
+            chosen = doc_strategy == index
+            if chosen.any():
+                start, end, fallbacks = strategy.spans(docs.select(chosen))
+                starts.append(start), ends.append(end), mask_ids.append(np.full(len(start), strategy.mask_id))
+                self.stats["span_fallbacks"] += fallbacks
+        by_start = np.argsort(np.concatenate(starts), kind="stable")
+        start, end = np.concatenate(starts)[by_start], np.concatenate(ends)[by_start]
+        mask_id = np.concatenate(mask_ids)[by_start]
+
+        span_doc = np.searchsorted(docs.start, start, side="right") - 1
+        row_text = np.bincount(docs.row, weights=docs.length, minlength=n_rows).astype(np.int64)
+        keep = overflow_keep(docs.row[span_doc], row_text, self.seq_len)
+        self.stats["overflow_rows"] += int(np.unique(docs.row[span_doc[~keep]]).size)
+        start, end, mask_id, span_doc = start[keep], end[keep], mask_id[keep], span_doc[keep]
+
+        seg_lengths, seg_rows = segments(docs.length, docs.row, n_rows, self.cfg.layout)
+        seg_first_tok = np.r_[0, np.cumsum(seg_lengths)[:-1]]
+        span_seg = np.searchsorted(seg_first_tok, start, side="right") - 1
+        seg_key = docs.key if self.cfg.layout == "packed" else docs.row_key
+        rank = part_b_rank(span_seg, seg_key[span_doc], self.cfg.shuffle_order)
+        batch = layout_rows(docs.tokens, seg_lengths, seg_rows, n_rows, self.seq_len,
+                            Spans(start, end, mask_id, rank), self.special.pad, self.special.sop,
+                            self.special.eop, self.cfg.block_positions)
+        batch["strategy_ids"] = np.where(batch["segment_ids"] >= 0, row_strategy[:, None], -1)
+        batch["sample_ids"] = sample_ids
+
+        masked_docs = np.bincount(span_doc, minlength=len(docs.start))
+        self.stats["rows"] += n_rows
+        self.stats["documents"] += len(docs.start)
+        self.stats["too_short"] += int((docs.maskable < 1).sum())
+        self.stats["context_only"] += int((masked_docs == 0).sum())
+        return batch
+
+    def _check(self, samples: Sequence[TextSample]) -> None:
+        if len(samples) == 0:
+            raise ValueError("the collator got an empty list of samples")
+        for sample in samples:
+            if not sample.documents:
+                raise ValueError(f"sample {sample.sample_id} has no documents; every row needs text")
+            total = 0
+            for index, doc in enumerate(sample.documents):
+                if not isinstance(doc, np.ndarray) or doc.ndim != 1 or len(doc) == 0 or doc.dtype.kind not in "iu":
+                    raise ValueError(f"sample {sample.sample_id} document {index} must be a non-empty 1-D "
+                                     f"integer numpy array, got {type(doc).__name__} {getattr(doc, 'shape', '')}")
+                total += len(doc)
+            if total > self.seq_len:
+                raise ValueError(f"sample {sample.sample_id} holds {total} tokens, more than seq_len="
+                                 f"{self.seq_len}; cut windows to raw_length={self.raw_length}")
