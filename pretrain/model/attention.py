@@ -1,0 +1,181 @@
+"""GLM attention rule (DESIGN contract 4) and the three backends that compute it.
+
+    q attends k  iff  segment_ids[q] == segment_ids[k] != -1  and  (part_a[k] or k <= q);
+    a padding token (segment -1) attends only to itself.
+
+A backend object is built once per batch from (segment_ids, part_a) and then called by every layer:
+    flex   FlexAttention with a BlockMask (compiled kernel; skips fully masked blocks). GPU fast path;
+           on CPU torch 2.13 has no Flex backward.
+    sdpa   per segment: Part-A queries over Part-A keys unmasked, Part-B queries causally over the
+           whole segment (so nothing S×S is built); trains anywhere. Needs Part A before Part B in
+           each segment, which is the collator's layout.
+    dense  an explicit [B, S, S] boolean mask; the reference for tests only.
+Inputs are q [B, Hq, S, D], k and v [B, Hkv, S, D]; head counts come from the shapes (TP shards them).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("flex", "sdpa", "dense")
+
+
+def glm_dense_mask(segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tensor:
+    """[B, S, S] bool, True where query (dim 1) may attend key (dim 2)."""
+    seq_len = segment_ids.shape[1]
+    positions = torch.arange(seq_len, device=segment_ids.device)
+    same_segment = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] >= 0)
+    causal = positions[None, :, None] >= positions[None, None, :]
+    diagonal = torch.eye(seq_len, dtype=torch.bool, device=segment_ids.device)[None]
+    return (same_segment & (part_a[:, None, :] | causal)) | diagonal
+
+
+def visible_pairs(segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tensor:
+    """Number of (query, key) pairs the rule admits, per row: [B] int64, in O(S) memory.
+
+    A query sees every Part-A key of its segment plus the non-Part-A keys of its segment up to itself;
+    a padding token sees itself. Holds for any part_a pattern inside contiguous segments.
+    """
+    real = segment_ids >= 0
+    is_a = part_a & real
+    is_b = ~part_a & real
+    # segment starts: a real token whose left neighbour belongs to another segment
+    new_segment = torch.ones_like(real)
+    new_segment[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    run_id = new_segment.cumsum(dim=1) - 1  # [B, S] index of the contiguous run
+    n_runs = int(run_id.max()) + 1 if run_id.numel() else 0
+    a_per_run = torch.zeros(segment_ids.shape[0], n_runs, dtype=torch.long, device=segment_ids.device)
+    a_per_run.scatter_add_(1, run_id, is_a.long())
+    b_cumsum = is_b.long().cumsum(dim=1)
+    b_before_run = torch.zeros_like(a_per_run).scatter_reduce_(
+        1, run_id, b_cumsum - is_b.long(), reduce="amin", include_self=False)
+    b_upto_q = b_cumsum - b_before_run.gather(1, run_id)  # non-A keys of the segment at or before q
+    per_query = torch.where(real, a_per_run.gather(1, run_id) + b_upto_q, torch.ones_like(run_id))
+    return per_query.sum(dim=1)
+
+
+def build_attention(backend: str, segment_ids: torch.Tensor, part_a: torch.Tensor):
+    """The per-batch attention callable ``attn(q, k, v) -> [B, Hq, S, D]`` for ``backend``."""
+    if segment_ids.shape != part_a.shape or segment_ids.dim() != 2:
+        raise ValueError(f"segment_ids {tuple(segment_ids.shape)} and part_a {tuple(part_a.shape)} "
+                         f"must both be [B, S]")
+    if part_a.dtype != torch.bool:
+        raise ValueError(f"part_a must be a bool tensor, got {part_a.dtype}")
+    if backend == "dense":
+        return DenseAttention(segment_ids, part_a)
+    if backend == "sdpa":
+        return SegmentSDPAAttention(segment_ids, part_a)
+    if backend == "flex":
+        return FlexGLMAttention(segment_ids, part_a)
+    raise ValueError(f"attention backend {backend!r} is not one of {list(BACKENDS)}")
+
+
+class DenseAttention:
+    """Reference: the rule as an explicit S×S mask. Quadratic memory; tests only."""
+
+    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor):
+        self.mask = glm_dense_mask(segment_ids, part_a)[:, None]  # [B, 1, S, S]
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, enable_gqa=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A contiguous run of one row: Part A is [start, split), Part B is [split, end); pad runs have split=end."""
+    start: int
+    split: int
+    end: int
+    padding: bool
+
+
+def segment_runs(segment_ids: torch.Tensor, part_a: torch.Tensor) -> list[list[Run]]:
+    """Host-side layout of each row, checked: segments contiguous, Part A before Part B in each."""
+    segments = segment_ids.cpu().numpy()
+    is_a = part_a.cpu().numpy()
+    layout = []
+    for row, (seg, pa) in enumerate(zip(segments, is_a)):
+        bounds = [0, *(np.flatnonzero(np.diff(seg)) + 1).tolist(), len(seg)]
+        runs, seen = [], set()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            sid = int(seg[start])
+            if sid < 0:
+                runs.append(Run(start, end, end, padding=True))
+                continue
+            if sid in seen:
+                raise ValueError(f"row {row}: segment {sid} is split into several runs (again at position "
+                                 f"{start}); segments must be contiguous")
+            seen.add(sid)
+            n_a = int(pa[start:end].sum())
+            if not pa[start:start + n_a].all():
+                raise ValueError(f"row {row}: segment {sid} at [{start}, {end}) has Part-A tokens after Part-B "
+                                 f"tokens; the sdpa backend needs Part A first (use attention_backend=flex or dense)")
+            runs.append(Run(start, start + n_a, end, padding=False))
+        layout.append(runs)
+    return layout
+
+
+class SegmentSDPAAttention:
+    """Per segment, two SDPA calls with no mask tensor at all:
+    Part-A queries over Part-A keys (bidirectional) and the whole segment with is_causal, of which only
+    the Part-B rows are kept (= Part-B queries over A+B keys, lower-right causal). The price is the
+    causal triangle over the Part-A rows, computed and dropped: a²/2 extra pairs for a Part A of length a.
+    """
+
+    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor):
+        self.layout = segment_runs(segment_ids, part_a)  # one host sync per batch, not per layer
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        groups = q.shape[1] // k.shape[1]
+        rows = []
+        for b, runs in enumerate(self.layout):
+            qb, kb, vb = q[b:b + 1], k[b:b + 1], v[b:b + 1]  # [1, H, S, D]
+            pieces = []
+            for run in runs:
+                if run.padding:  # attends only to itself: the output is its own value
+                    pieces.append(vb[:, :, run.start:run.end].repeat_interleave(groups, dim=1))
+                    continue
+                part_a, segment = slice(run.start, run.split), slice(run.start, run.end)
+                if run.split > run.start:
+                    pieces.append(F.scaled_dot_product_attention(
+                        qb[:, :, part_a], kb[:, :, part_a], vb[:, :, part_a], enable_gqa=True))
+                if run.end > run.split:
+                    causal = F.scaled_dot_product_attention(
+                        qb[:, :, segment], kb[:, :, segment], vb[:, :, segment], is_causal=True, enable_gqa=True)
+                    pieces.append(causal[:, :, run.split - run.start:])
+            rows.append(torch.cat(pieces, dim=2))
+        return torch.cat(rows, dim=0)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    """flex_attention compiled once per process (a per-call or per-module compile would recompile)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def glm_mask_mod(segment_ids: torch.Tensor, part_a: torch.Tensor):
+    """The rule as a FlexAttention mask_mod over index tensors (heads broadcast: TP-safe)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        same = (segment_ids[b, q_idx] == segment_ids[b, kv_idx]) & (segment_ids[b, q_idx] >= 0)
+        return (same & (part_a[b, kv_idx] | (kv_idx <= q_idx))) | (q_idx == kv_idx)
+
+    return mask_mod
+
+
+class FlexGLMAttention:
+    """FlexAttention with a BlockMask built once per batch; fully masked blocks are skipped by the kernel."""
+
+    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor):
+        from torch.nn.attention.flex_attention import create_block_mask
+        batch, seq_len = segment_ids.shape
+        self.block_mask = create_block_mask(glm_mask_mod(segment_ids, part_a), batch, None, seq_len, seq_len,
+                                            device=segment_ids.device, _compile=True)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return _compiled_flex_attention()(q, k, v, block_mask=self.block_mask, enable_gqa=True)

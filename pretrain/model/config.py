@@ -1,0 +1,98 @@
+"""ModelConfig: one typed description of every GLM-family architecture (the presets are instances)."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+PositionEncoding = Literal["learned_2d", "rope_2d", "rope_1d"]
+Norm = Literal["layernorm", "rmsnorm"]
+NormPlacement = Literal["pre", "deepnorm"]
+MLPKind = Literal["gelu", "geglu", "swiglu"]
+AttentionBackend = Literal["auto", "flex", "sdpa", "dense"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    ffn_hidden_size: int
+    max_position_embeddings: int
+    num_kv_heads: int | None = None  # None: multi-head attention (= num_heads)
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    # learned_2d: GLM-1 tables of max_position_embeddings + 1 rows (as the original block-LM code);
+    # rope_2d: ChatGLM-6B, half of each head rotated by position, half by block position;
+    # rope_1d: GLM-130B / GLM-4, the first partial_rotary_factor of each head rotated by position.
+    position_encoding: PositionEncoding = "learned_2d"
+    partial_rotary_factor: float = 1.0
+    rope_theta: float = 10000.0
+    rope_interleaved: bool = False  # GLM-4 rotates (even, odd) pairs; GLM-130B/ChatGLM rotate halves
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    norm_placement: NormPlacement = "pre"  # deepnorm: x = LN(x)·α + F(LN(x)), α = √(2·num_layers)
+    mlp: MLPKind = "gelu"
+    qkv_bias: bool = True
+    bias: bool = True  # o_proj and MLP linears
+    tie_embeddings: bool = True
+    embedding_grad_shrink: float = 1.0  # GLM-130B's α: emb·α + emb.detach()·(1−α); 1.0 = off
+    dropout: float = 0.0  # embeddings and both residual branches
+    init_std: float = 0.02
+    attention_backend: AttentionBackend = "auto"
+
+    def __post_init__(self) -> None:
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        if self.head_dim is None and isinstance(self.num_heads, int) and self.num_heads > 0:
+            self.head_dim = self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each head that RoPE rotates (0 for learned positions)."""
+        if self.position_encoding == "learned_2d":
+            return 0
+        if self.position_encoding == "rope_2d":
+            return self.head_dim
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def deepnorm_alpha(self) -> float:
+        return (2 * self.num_layers) ** 0.5
+
+    def validate(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if typing.get_origin(hints[field.name]) is Literal and value not in typing.get_args(hints[field.name]):
+                raise ValueError(f"{field.name}={value!r} is not one of {list(typing.get_args(hints[field.name]))}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                     "ffn_hidden_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim * self.num_heads != self.hidden_size and self.position_encoding == "learned_2d":
+            raise ValueError(f"head_dim={self.head_dim} × num_heads={self.num_heads} must equal hidden_size="
+                             f"{self.hidden_size} for learned_2d (GLM-1) models; leave head_dim unset")
+        if not 0.0 < self.partial_rotary_factor <= 1.0:
+            raise ValueError(f"partial_rotary_factor={self.partial_rotary_factor} must be in (0, 1]")
+        if self.position_encoding == "rope_2d" and (self.partial_rotary_factor != 1.0 or self.head_dim % 4):
+            raise ValueError(f"rope_2d rotates two halves of each head: needs partial_rotary_factor=1.0 (got "
+                             f"{self.partial_rotary_factor}) and head_dim divisible by 4 (got {self.head_dim})")
+        if self.position_encoding == "rope_1d" and (self.rotary_dim < 2 or self.rotary_dim % 2):
+            raise ValueError(f"rope_1d rotates int(head_dim × partial_rotary_factor) = {self.rotary_dim} dims; "
+                             f"that must be a positive even number (head_dim={self.head_dim}, "
+                             f"partial_rotary_factor={self.partial_rotary_factor})")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps={self.norm_eps} must be positive")
+        if not 0.0 < self.embedding_grad_shrink <= 1.0:
+            raise ValueError(f"embedding_grad_shrink={self.embedding_grad_shrink} must be in (0, 1]; 1.0 turns it off")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std={self.init_std} must be positive")
