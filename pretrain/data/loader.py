@@ -1,0 +1,175 @@
+"""``build_loader``: global sample ids -> TextSamples -> collated micro-batches of one data-parallel rank.
+
+Train: an infinite (or, with every language capped, finite) mixture stream; its whole state is
+``consumed_samples``, counted from micro-batches actually handed to the trainer (never from what
+workers prefetched) plus the identity of everything the order depends on, checked on resume.
+Valid: the held-out documents of every language in a fixed order, the same batches every time;
+the last micro-step is filled up by wrapping around, with those rows' loss_mask zeroed, so every
+rank runs the same number of steps and nothing is counted twice.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from pretrain.data.config import DataConfig
+from pretrain.data.corpus import prepare_embedded_corpus
+from pretrain.data.index import INDEX_VERSION, LanguageWindows, split_documents
+from pretrain.data.mixture import Mixture, mixture_weights
+from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
+from pretrain.data.store import TOKENIZER, open_store
+from pretrain.data.tokenizer import load_tokenizer, padded_vocab_size
+from pretrain.objectives import TextSample
+from pretrain.tokens import DEFAULT_SPECIAL_TOKENS
+
+STATE_VERSION = 1
+SPLITS = ("train", "valid")
+RESUME_FIXES = {
+    "data_fingerprint": "the training data changed since the checkpoint; resume with the same data, or start a new run",
+    "tokenizer_sha256": "the tokenizer changed since the checkpoint; resume with the same tokenizer.json",
+    "index_version": "the sample-index algorithm changed; resume with the code version that wrote the checkpoint",
+    "mixture_hash": "the language mixture (alpha, weights, max_epochs, blend_block) changed; restore it",
+}
+
+
+class DataExhaustedError(RuntimeError):
+    """Every language reached its max_epochs cap."""
+
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint's loader state does not describe this run's data stream."""
+
+
+class EvalIndex:
+    """Valid ids -> (language, window): each language's windows in turn; ids past the end wrap."""
+
+    def __init__(self, samples_per_language: list[int]):
+        self.ends = np.cumsum(samples_per_language)
+        self.total_samples = int(self.ends[-1])
+
+    def locate(self, sample_id: int) -> tuple[int, int]:
+        sample_id %= self.total_samples
+        lang = int(np.searchsorted(self.ends, sample_id, side="right"))
+        return lang, sample_id - (int(self.ends[lang - 1]) if lang else 0)
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """Map-style: global sample id -> TextSample. Workers only run this; the sampler decides order."""
+
+    def __init__(self, languages: list[str], windows: list[LanguageWindows], index: Mixture | EvalIndex):
+        self.languages, self.windows, self.index = languages, windows, index
+
+    def __getitem__(self, sample_id: int) -> TextSample:
+        lang, k = self.index.locate(sample_id)
+        return TextSample(sample_id=sample_id, documents=self.windows[lang].window(k),
+                          language=self.languages[lang])
+
+
+class PretrainLoader:
+    def __init__(self, dataset: SampleDataset, collator: Callable, *, split: str, stop: int | None,
+                 identity: dict, micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int,
+                 tokenizer: Tokenizer, root: Path, mixture_weights: dict[str, float]):
+        self.dataset, self.collator, self.split, self.stop = dataset, collator, split, stop
+        self.identity = identity
+        self.micro_batch_size, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
+        self.num_workers, self.tokenizer, self.root = num_workers, tokenizer, root
+        self.mixture_weights = mixture_weights
+        self.languages = dataset.languages
+        self.vocab_size = padded_vocab_size(tokenizer.get_vocab_size())
+        self.special = DEFAULT_SPECIAL_TOKENS
+        self.consumed_samples = 0
+
+    def _sampler(self) -> RankBatchSampler:
+        start = self.consumed_samples if self.split == "train" else 0
+        return RankBatchSampler(start, self.stop, self.micro_batch_size, self.dp_rank, self.dp_size)
+
+    def __len__(self) -> int:
+        return len(self._sampler())
+
+    def __iter__(self) -> Iterator[dict]:
+        sampler = self._sampler()
+        workers = self.num_workers
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=workers,
+            pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)
+        for batch in loader:
+            if self.split == "train":
+                self.consumed_samples += sampler.step  # counted when handed over, not when prefetched
+            else:
+                batch["loss_mask"][batch["sample_ids"] >= self.dataset.index.total_samples] = 0
+            yield batch
+        if self.split == "train":
+            raise DataExhaustedError(
+                f"training data exhausted after {self.consumed_samples} samples: every language reached "
+                f"its data.max_epochs cap; raise the caps or train for fewer steps")
+
+    def state_dict(self) -> dict:
+        return {**self.identity, "consumed_samples": self.consumed_samples,
+                "micro_batch_size": self.micro_batch_size, "dp_size_at_save": self.dp_size,
+                "mixture_weights": self.mixture_weights}  # the last three are informational
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state['consumed_samples']``; refuses a state from a different data stream."""
+        for key, expected in self.identity.items():
+            found = state.get(key)
+            if found != expected:
+                fix = RESUME_FIXES.get(key, f"set {key} back to {found!r} to resume this run")
+                raise ResumeMismatchError(f"cannot resume the data loader: the checkpoint has {key}={found!r}, "
+                                          f"this run has {expected!r}; {fix}")
+        consumed = state.get("consumed_samples")
+        step = self.micro_batch_size * self.dp_size
+        if not isinstance(consumed, int) or consumed < 0 or consumed % step:
+            raise ResumeMismatchError(f"cannot resume the data loader: consumed_samples={consumed!r} is not a "
+                                      f"multiple of micro_batch_size*dp_size={step}")
+        if self.stop is not None and consumed > self.stop:
+            raise ResumeMismatchError(f"cannot resume: consumed_samples={consumed} is past the end of the "
+                                      f"data ({self.stop} samples)")
+        self.consumed_samples = consumed
+
+
+def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: int, global_batch_size: int,
+                 micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
+                 split: str = "train") -> PretrainLoader:
+    check_batch_geometry(global_batch_size, micro_batch_size, dp_rank, dp_size)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} must be one of {SPLITS}")
+    if not 2 <= raw_len <= seq_len:
+        raise ValueError(f"raw_len={raw_len} must be in [2, seq_len={seq_len}]")
+    if split == "valid" and cfg.eval_documents == 0:
+        raise ValueError("split='valid' needs held-out documents: set data.eval_documents > 0")
+    root = Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
+    store = open_store(root, verify_checksums=cfg.verify_checksums)
+    tokenizer = load_tokenizer(root / TOKENIZER)
+    languages = sorted(store.languages)
+    splits = {lang: split_documents(store.languages[lang].n_docs, lang, cfg.eval_documents) for lang in languages}
+    train = [LanguageWindows(store.languages[lang], splits[lang][0], raw_len, seed, DEFAULT_SPECIAL_TOKENS,
+                             shuffle=True) for lang in languages]
+    weights = mixture_weights({lang: w.tokens_per_epoch for lang, w in zip(languages, train)},
+                              cfg.alpha, cfg.weights)
+    mixture = Mixture(weights, {lang: w.samples_per_epoch for lang, w in zip(languages, train)},
+                      cfg.max_epochs, cfg.blend_block)
+    if mixture.total_samples is not None and mixture.total_samples < global_batch_size:
+        raise ValueError(f"data.max_epochs caps leave {mixture.total_samples} samples, less than one global "
+                         f"batch ({global_batch_size}); raise the caps")
+    identity = {"version": STATE_VERSION, "split": split, "data_fingerprint": store.fingerprint,
+                "tokenizer_sha256": store.tokenizer_sha256, "index_version": INDEX_VERSION,
+                "seq_len": seq_len, "raw_len": raw_len, "seed": seed, "global_batch_size": global_batch_size,
+                "eval_documents": cfg.eval_documents, "mixture_hash": mixture.fingerprint()}
+    common = dict(identity=identity, micro_batch_size=micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,
+                  num_workers=cfg.num_workers, tokenizer=tokenizer, root=root,
+                  mixture_weights=mixture.weights)
+    if split == "train":
+        stop = None if mixture.total_samples is None else \
+            mixture.total_samples // global_batch_size * global_batch_size  # whole global batches only
+        return PretrainLoader(SampleDataset(languages, train, mixture), collator, split=split, stop=stop, **common)
+    held_out = [LanguageWindows(store.languages[lang], splits[lang][1], raw_len, seed, DEFAULT_SPECIAL_TOKENS,
+                                shuffle=False) for lang in languages]
+    index = EvalIndex([w.samples_per_epoch for w in held_out])
+    step = micro_batch_size * dp_size
+    stop = math.ceil(index.total_samples / step) * step
+    return PretrainLoader(SampleDataset(languages, held_out, index), collator, split=split, stop=stop, **common)

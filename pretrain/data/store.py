@@ -1,0 +1,167 @@
+"""Token store: per-language shards of flat tokens + document offsets, listed in a checksummed manifest.
+
+Layout of a preprocessed directory::
+
+    manifest.json            languages -> shards with counts and sha256, tokenizer sha, fingerprint
+    tokenizer.json
+    <lang>/shard-00000.bin   flat token ids (uint16 if the vocabulary fits, else uint32)
+    <lang>/shard-00000.idx.npy   int64 document offsets into the .bin, n_docs + 1 entries from 0
+    <lang>/shard-00000.json  the shard's own metadata; written last, so its presence marks completion
+
+Documents are stored bare; the loader frames each one as [cls] + tokens + [eos]. Memory maps are
+opened lazily in each process and never pickled (DataLoader workers open their own).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pretrain.data.tokenizer import file_sha256
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+class CorruptDataError(ValueError):
+    """A preprocessed file that does not match its manifest (truncated, modified, out-of-vocabulary)."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def shard_files(root: Path, lang: str, name: str) -> tuple[Path, Path, Path]:
+    folder = root / lang
+    return folder / f"{name}.bin", folder / f"{name}.idx.npy", folder / f"{name}.json"
+
+
+def data_fingerprint(tokenizer_sha256: str, languages: dict) -> str:
+    """Hash of everything that defines the token streams: tokenizer and every shard's content hash."""
+    shards = {lang: [(s["name"], s["n_docs"], s["n_tokens"], s["bin_sha256"], s["idx_sha256"])
+                     for s in info["shards"]] for lang, info in sorted(languages.items())}
+    payload = json.dumps([FORMAT_VERSION, tokenizer_sha256, shards], sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+@dataclass
+class LanguageStore:
+    lang: str
+    bins: list[Path]
+    dtype: np.dtype
+    offsets: np.ndarray      # [n_docs + 1] int64 token offsets over the language's shards, concatenated
+    shard_doc_start: np.ndarray  # [n_shards + 1] first document of each shard
+    _maps: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def doc_lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def document(self, doc: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.shard_doc_start, doc, side="right")) - 1
+        tokens = self._maps.get(shard)
+        if tokens is None:
+            tokens = self._maps[shard] = np.memmap(self.bins[shard], dtype=self.dtype, mode="r")
+        base = self.offsets[self.shard_doc_start[shard]]
+        return tokens[self.offsets[doc] - base:self.offsets[doc + 1] - base]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": {}}
+
+
+@dataclass
+class TokenStore:
+    root: Path
+    manifest: dict
+    languages: dict[str, LanguageStore]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.manifest["tokenizer_sha256"]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["vocab_size"])
+
+
+def read_manifest(root: Path) -> dict:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {root} is not a preprocessed data directory "
+                                f"(make one with `python -m pretrain preprocess`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptDataError(f"{path} is not valid JSON ({err}); re-run preprocess") from err
+    if manifest.get("version") != FORMAT_VERSION:
+        raise CorruptDataError(f"{path} has format version {manifest.get('version')!r}, this code reads "
+                               f"{FORMAT_VERSION}; re-run preprocess")
+    return manifest
+
+
+def _open_shard(root: Path, lang: str, shard: dict, dtype: np.dtype, vocab_size: int,
+                verify: bool) -> np.ndarray:
+    bin_path, idx_path, _ = shard_files(root, lang, shard["name"])
+    for path in (bin_path, idx_path):
+        if not path.is_file():
+            raise CorruptDataError(f"shard file {path} listed in {root / MANIFEST} is missing; re-run preprocess")
+    expected = shard["n_tokens"] * dtype.itemsize
+    if bin_path.stat().st_size != expected:
+        raise CorruptDataError(f"shard file {bin_path} has {bin_path.stat().st_size} bytes, the manifest "
+                               f"says {expected} ({shard['n_tokens']} tokens): truncated or replaced; re-run preprocess")
+    if verify:
+        for path, key in ((bin_path, "bin_sha256"), (idx_path, "idx_sha256")):
+            if file_sha256(path) != shard[key]:
+                raise CorruptDataError(f"shard file {path} does not match its sha256 in {root / MANIFEST}: "
+                                       f"modified or corrupted; re-run preprocess")
+    try:
+        offsets = np.load(idx_path)
+    except ValueError as err:
+        raise CorruptDataError(f"shard file {idx_path} is not a valid .npy offsets file: {err}") from err
+    if (offsets.shape != (shard["n_docs"] + 1,) or offsets[0] != 0 or offsets[-1] != shard["n_tokens"]
+            or np.any(np.diff(offsets) < 0)):
+        raise CorruptDataError(f"shard file {idx_path}: offsets do not describe {shard['n_docs']} documents "
+                               f"over {shard['n_tokens']} tokens; re-run preprocess")
+    if verify and shard["n_tokens"]:
+        top = int(np.memmap(bin_path, dtype=dtype, mode="r").max())
+        if top >= vocab_size:
+            raise CorruptDataError(f"shard file {bin_path} holds token id {top}, outside the vocabulary "
+                                   f"[0, {vocab_size}) of {root / TOKENIZER}")
+    return offsets.astype(np.int64)
+
+
+def open_store(root: str | Path, verify_checksums: bool = True) -> TokenStore:
+    root = Path(root)
+    manifest = read_manifest(root)
+    tokenizer_path = root / TOKENIZER
+    if not tokenizer_path.is_file():
+        raise FileNotFoundError(f"{tokenizer_path} is missing; the shards cannot be decoded without it")
+    if file_sha256(tokenizer_path) != manifest["tokenizer_sha256"]:
+        raise CorruptDataError(f"{tokenizer_path} differs from the tokenizer the shards were made with "
+                               f"(sha256 in {root / MANIFEST}); re-run preprocess with this tokenizer")
+    if data_fingerprint(manifest["tokenizer_sha256"], manifest["languages"]) != manifest["fingerprint"]:
+        raise CorruptDataError(f"{root / MANIFEST}: fingerprint does not match its shard list; the file was edited")
+    dtype = np.dtype(manifest["dtype"])
+    languages = {}
+    for lang, info in sorted(manifest["languages"].items()):
+        offsets, doc_starts, bins, tokens = [np.zeros(1, np.int64)], [0], [], 0
+        for shard in info["shards"]:
+            local = _open_shard(root, lang, shard, dtype, manifest["vocab_size"], verify_checksums)
+            offsets.append(local[1:] + tokens)
+            tokens += int(local[-1])
+            doc_starts.append(doc_starts[-1] + shard["n_docs"])
+            bins.append(shard_files(root, lang, shard["name"])[0])
+        languages[lang] = LanguageStore(lang, bins, dtype, np.concatenate(offsets), np.array(doc_starts))
+    return TokenStore(root, manifest, languages)

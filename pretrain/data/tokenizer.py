@@ -1,0 +1,117 @@
+"""Byte-level BPE tokenizer with the GLM special tokens at fixed low ids (DESIGN.md contract 3).
+
+Byte-level BPE never produces an unknown token, so any script works. The vocabulary is padded with
+reserved tokens to a multiple of 128 (tensor-parallel sharding and matmul tiles like that). Literal
+special-token strings in corpus text ("[MASK]" in a web page) are encoded as text: only our code puts
+special ids into a sequence.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from pretrain.data.mixture import language_seed, temperature_weights
+from pretrain.tokens import DEFAULT_SPECIAL_TOKENS, SPECIAL_TOKEN_STRINGS
+
+VOCAB_MULTIPLE = 128
+RESERVED_TOKEN = "<|reserved_{}|>"
+
+
+def padded_vocab_size(size: int) -> int:
+    return math.ceil(size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def _empty_tokenizer() -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    # Single digits keep numbers compositional; ByteLevel makes every byte representable.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def sample_training_text(texts: Mapping[str, Sequence[str]], alpha: float, max_chars: int,
+                         seed: int) -> Iterator[str]:
+    """Temperature-sampled lines: language l gets a q_l ∝ p_l^alpha share (p over characters) of the budget.
+
+    Small languages are repeated (upsampled) exactly as the training mixture will repeat them, so
+    their merges are learned (mBERT/XLM practice). Deterministic in ``seed``.
+    """
+    chars = {lang: sum(len(t) for t in lines) for lang, lines in texts.items() if lines}
+    budget = min(max_chars, sum(chars.values()))
+    for lang, share in temperature_weights(chars, alpha).items():
+        lines = texts[lang]
+        rng = np.random.default_rng([seed, language_seed(lang)])
+        target, taken = share * budget, 0
+        while taken < target:
+            for index in rng.permutation(len(lines)):
+                if taken >= target:
+                    break
+                taken += len(lines[index])
+                yield lines[index]
+
+
+def train_tokenizer(lines: Iterable[str], vocab_size: int) -> Tokenizer:
+    if vocab_size < 256 + len(SPECIAL_TOKEN_STRINGS):
+        raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs 256 byte tokens "
+                         f"plus {len(SPECIAL_TOKEN_STRINGS)} special tokens")
+    tokenizer = _empty_tokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(SPECIAL_TOKEN_STRINGS),  # in id order 0..7
+        max_token_length=16)  # bounds runaway CJK / repeated-character merges
+    tokenizer.train_from_iterator(lines, trainer=trainer)
+    size = tokenizer.get_vocab_size()
+    tokenizer.add_special_tokens([AddedToken(RESERVED_TOKEN.format(i), special=True)
+                                  for i in range(padded_vocab_size(size) - size)])
+    return _checked(tokenizer, "the trained tokenizer")
+
+
+def _checked(tokenizer: Tokenizer, where: str) -> Tokenizer:
+    for token_id, text in enumerate(SPECIAL_TOKEN_STRINGS):
+        found = tokenizer.token_to_id(text)
+        if found != token_id:
+            raise ValueError(f"{where}: special token {text!r} has id {found}, expected {token_id} "
+                             f"(pretrain/tokens.py); retrain it with `python -m pretrain tokenizer train`")
+    DEFAULT_SPECIAL_TOKENS.validate(tokenizer.get_vocab_size())
+    tokenizer.encode_special_tokens = True  # not serialized in tokenizer.json: set on every load
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> str:
+    """Write tokenizer.json; returns its sha256 (the identity recorded in manifests and checkpoints)."""
+    path = Path(path)
+    data = tokenizer.to_str(pretty=True).encode("utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} does not exist; train one with "
+                                f"`python -m pretrain tokenizer train`")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises plain Exception on malformed JSON
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizer.json: {err}") from err
+    return _checked(tokenizer, f"tokenizer file {path}")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
