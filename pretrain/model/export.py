@@ -63,7 +63,7 @@ def hf_state_dict(model: GLMModel) -> dict[str, torch.Tensor]:
             theirs[name] = tensor
         else:
             theirs[f"model.{name}"] = tensor
-    return {name: tensor.contiguous().cpu() for name, tensor in theirs.items()}
+    return theirs
 
 
 def export_hf(model: GLMModel, directory: str | Path) -> Path:
@@ -72,5 +72,6 @@ def export_hf(model: GLMModel, directory: str | Path) -> Path:
     config = hf_config(model)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file(hf_state_dict(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    weights = {name: tensor.contiguous().cpu() for name, tensor in hf_state_dict(model).items()}
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
