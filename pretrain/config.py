@@ -10,9 +10,14 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:  # owned by their packages, imported lazily (they may import this module)
+    from pretrain.data.config import DataConfig
+    from pretrain.model.config import ModelConfig
+    from pretrain.objectives import ObjectiveConfig
 
 T = TypeVar("T")
 
@@ -252,3 +257,75 @@ class MetricsConfig:
             raise ValueError(f"log_interval={self.log_interval} must be >= 1")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ValueError(f"peak_tflops={self.peak_tflops} must be > 0 (or null)")
+
+
+@dataclasses.dataclass
+class ModelSection:
+    """The ``model`` section: an optional ``preset`` (pretrain.model.PRESETS) plus ModelConfig fields
+    overriding it. Without ``vocab_size`` the model takes the tokenizer's (the loader's) vocabulary."""
+    preset: str | None = None
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_section(cls, data: Mapping[str, Any] | None, where: str) -> "ModelSection":
+        data = dict(data or {})
+        preset = data.pop("preset", None)
+        if preset is not None and not isinstance(preset, str):
+            raise ConfigError(f"{where}.preset: expected a preset name, got {preset!r}")
+        section = cls(preset, data)
+        try:  # validate now, with a stand-in vocabulary when it comes from the data
+            section.resolve(vocab_size=None if "vocab_size" in data or preset else 64)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{where}: {err}") from err
+        return section
+
+    def resolve(self, vocab_size: int | None) -> "ModelConfig":
+        """The ModelConfig; ``vocab_size`` (the loader's) fills it in when the section leaves it unset."""
+        from pretrain.model.config import ModelConfig
+        from pretrain.model.presets import model_config
+        fields = dict(self.fields)
+        if "vocab_size" not in fields and vocab_size is not None:
+            fields["vocab_size"] = vocab_size
+        if self.preset is not None:
+            return model_config(self.preset, **fields)
+        return from_dict(ModelConfig, fields, "model")
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelSection
+    objective: "ObjectiveConfig"
+    data: "DataConfig"
+    train: TrainConfig
+    parallel: ParallelConfig
+    checkpoint: CheckpointConfig
+    run: RunConfig
+    eval: EvalConfig
+    metrics: MetricsConfig
+
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.run.dir) / "checkpoints"
+
+    def to_dict(self) -> dict:
+        data = to_dict(self)
+        data["model"] = {**({"preset": self.model.preset} if self.model.preset else {}), **self.model.fields}
+        return data
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a run config (YAML) with dotted ``key=value`` overrides into a validated ``Config``.
+
+    Checks that need the world size or the tokenizer (tp and dp divisibility, vocabulary) run in the
+    trainer before any work: see pretrain.train.setup.validate_topology."""
+    from pretrain.data.config import DataConfig
+    from pretrain.objectives import ObjectiveConfig
+    raw = apply_overrides(load_yaml(path), list(overrides))
+    sections = {"objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig,
+                "parallel": ParallelConfig, "checkpoint": CheckpointConfig, "run": RunConfig,
+                "eval": EvalConfig, "metrics": MetricsConfig}
+    unknown = sorted(set(raw) - set(sections) - {"model"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections are "
+                          f"{sorted([*sections, 'model'])}")
+    built = {name: from_dict(cls, raw.get(name), f"{path}: {name}") for name, cls in sections.items()}
+    return Config(model=ModelSection.from_section(raw.get("model"), f"{path}: model"), **built)

@@ -1,0 +1,36 @@
+"""``python -m pretrain train --config FILE [section.key=value ...]`` (also under torchrun)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pretrain.config import ConfigError, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run config (YAML), e.g. configs/smoke.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="dotted overrides, parsed as YAML values (train.max_steps=50 parallel.tp=1)")
+
+
+def main(args: argparse.Namespace) -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # The global grad norm of a (dp, tp) model is reduced over both mesh dims; DTensor warns each run
+    # that this takes two all-reduces. It is one scalar per step: not worth the noise.
+    logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from pretrain.train.loop import Trainer  # torch and the other packages load only now
+        Trainer(cfg).train()
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,211 @@
+"""The training loop: build everything from a Config, resume, train, evaluate, checkpoint, log.
+
+One code path for 1..N processes: a (dp, tp) mesh (dp=1, tp=1 without torchrun), FSDP2 always.
+Each optimizer step reads ``global_batch_size / (micro_batch_size * dp)`` micro-batches per rank,
+counts the step's Part-B tokens over all of them and all dp ranks first, then runs forward/backward
+per micro-batch with the loss divided by that global count (see loss.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from pretrain.config import Config
+from pretrain.train import checkpoint
+from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
+from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
+from pretrain.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
+from pretrain.train.setup import Setup, build_setup
+
+logger = logging.getLogger(__name__)
+
+_MODEL_INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a NaN/inf loss or gradient norm."""
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.s: Setup = build_setup(cfg)  # validates the topology before any heavy work
+        s, train = self.s, cfg.train
+        self.optimizer = build_optimizer(s.model, train)
+        self.scheduler = build_scheduler(self.optimizer, train)
+        self.step = 0
+        self.nonfinite_skipped = 0
+        self.consecutive_nonfinite = 0
+        self.ckpt_root = cfg.checkpoint_dir()
+        self.stop_requested = False
+        self._resume()
+        self.metrics = MetricsWriter(Path(cfg.run.dir), s.rank == 0, cfg.metrics.tensorboard, self.step)
+        self.peak = peak_tflops(s.device, cfg.metrics.peak_tflops)
+        if s.rank == 0:
+            self._write_resolved_config()
+
+    # ----------------------------------------------------------------------------- state
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                "loader": self.s.loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped,
+                "consecutive_nonfinite": self.consecutive_nonfinite}
+
+    def _resume(self) -> None:
+        if self.s.rank == 0:
+            checkpoint.remove_partial(self.ckpt_root)
+        dist.barrier()
+        latest = checkpoint.latest_checkpoint(self.ckpt_root) if self.cfg.checkpoint.resume else None
+        if latest is None:
+            return
+        state = checkpoint.load(latest, self.s.model, self.optimizer)
+        self.step = state["step"]
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.s.loader.load_state_dict(state["loader"])
+        self.nonfinite_skipped = state["nonfinite_skipped"]
+        self.consecutive_nonfinite = state["consecutive_nonfinite"]
+        logger.info("resumed from %s at step %d", latest, self.step)
+
+    def save(self) -> None:
+        checkpoint.save(self.ckpt_root, self.step, self.s.model, self.optimizer, self.trainer_state(),
+                        self.cfg.checkpoint.keep)
+
+    def _write_resolved_config(self) -> None:
+        data = self.cfg.to_dict()
+        data["resolved_model"] = dataclasses.asdict(self.s.model_cfg)
+        path = Path(self.cfg.run.dir) / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+    # ----------------------------------------------------------------------------- loop
+    def train(self) -> int:
+        """Train to max_steps (or until SIGTERM); returns the last completed step."""
+        cfg, s = self.cfg, self.s
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        batches = iter(s.loader)
+        try:
+            while self.step < cfg.train.max_steps:
+                record = self.train_step(batches)
+                if cfg.eval.interval and self.step % cfg.eval.interval == 0:
+                    record.update(self.evaluate())
+                if self.step % cfg.metrics.log_interval == 0 or "eval/loss" in record:
+                    self.metrics.log(record)
+                    if s.rank == 0:
+                        print_line(record, cfg.train.max_steps)
+                stop = self._agree_to_stop()
+                if stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
+                    self.save()
+                if stop:
+                    logger.warning("SIGTERM: saved step %d, exiting", self.step)
+                    return self.step
+            if checkpoint.latest_checkpoint(self.ckpt_root) != checkpoint.step_dir(self.ckpt_root, self.step):
+                self.save()
+            return self.step
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.metrics.close()
+
+    def train_step(self, batches) -> dict:
+        cfg, s = self.cfg, self.s
+        start = time.perf_counter()
+        micro = [next(batches) for _ in range(s.accumulation_steps)]
+        part_b_tokens = torch.stack([b["loss_mask"].sum() for b in micro]).sum().to(s.device, torch.float64)
+        dist.all_reduce(part_b_tokens, group=s.dp_group)  # the whole step's count, known before backward
+        denominator = part_b_tokens.clamp(min=1).float()
+        strategies = StrategyLosses(len(s.strategy_names), s.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
+        for i, batch in enumerate(micro):
+            batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
+            s.model.set_requires_gradient_sync(i == len(micro) - 1)  # reduce-scatter once per step
+            logits = s.model(*(batch[k] for k in _MODEL_INPUTS))
+            with loss_context(logits):
+                ce = token_cross_entropy(logits, batch["target_ids"])
+                loss = (ce * batch["loss_mask"]).sum() / denominator
+                loss.backward()
+            loss_sum += loss.detach().double()
+            strategies.add(ce, batch["loss_mask"], batch["strategy_ids"])
+        reduced = torch.cat([loss_sum.view(1), strategies.packed()])
+        dist.all_reduce(reduced, group=s.dp_group)
+        loss_value = reduced[0].item()
+        grad_norm = clip_grad_norm_(list(s.model.parameters()), cfg.train.grad_clip).item()
+        lr = self.scheduler.get_last_lr()[0]
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.consecutive_nonfinite = 0
+        else:
+            self._count_nonfinite(loss_value, grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        if s.device.type == "cuda":
+            torch.cuda.synchronize(s.device)
+        elapsed = time.perf_counter() - start
+        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                **StrategyLosses.means(reduced[1:], s.strategy_names, "loss"),
+                **self._throughput(micro, elapsed), "nonfinite_skipped": self.nonfinite_skipped}
+
+    def _count_nonfinite(self, loss_value: float, grad_norm: float) -> None:
+        self.nonfinite_skipped += 1
+        self.consecutive_nonfinite += 1
+        logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row)", self.step + 1,
+                       loss_value, grad_norm, self.consecutive_nonfinite)
+        if self.consecutive_nonfinite >= self.cfg.train.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.consecutive_nonfinite} consecutive steps had a non-finite loss or gradient norm "
+                f"(last: loss {loss_value}, grad norm {grad_norm} at step {self.step + 1}); the run is "
+                f"diverging. Lower train.lr, raise train.warmup_steps or train.grad_clip, or resume from an "
+                f"earlier checkpoint (train.max_consecutive_nonfinite={self.cfg.train.max_consecutive_nonfinite})")
+
+    def _throughput(self, micro: list[dict], elapsed: float) -> dict:
+        """Global tokens/s (real, non-padding tokens) and this device's TFLOP/s and MFU."""
+        from pretrain.model.attention import visible_pairs
+        from pretrain.model.flops import flops_per_token
+        s = self.s
+        local = torch.tensor([sum(float((b["segment_ids"] >= 0).sum()) for b in micro),
+                              sum(float(visible_pairs(b["segment_ids"], b["part_a"]).sum()) for b in micro)],
+                             dtype=torch.float64, device=s.device)
+        dist.all_reduce(local, group=s.dp_group)
+        tokens, pairs = local.tolist()
+        flops = flops_per_token(s.model_cfg, self.cfg.train.seq_len, pairs / max(tokens, 1.0)) * tokens
+        tflops = flops / elapsed / s.world_size / 1e12  # per device
+        return {"tokens_per_s": tokens / elapsed, "tflops": tflops,
+                "mfu": tflops / self.peak if self.peak else None, "max_memory_gib": max_memory_gib(s.device)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss (mean CE over Part-B tokens) overall and per strategy, on eval.batches micro-batches."""
+        s = self.s
+        s.model.eval()
+        strategies = StrategyLosses(len(s.strategy_names), s.device)
+        for i, batch in enumerate(s.eval_loader):
+            if i == self.cfg.eval.batches:
+                break
+            batch = {k: v.to(s.device) for k, v in batch.items()}
+            logits = s.model(*(batch[k] for k in _MODEL_INPUTS))
+            with loss_context(logits):
+                strategies.add(token_cross_entropy(logits, batch["target_ids"]), batch["loss_mask"],
+                               batch["strategy_ids"])
+        s.model.train()
+        packed = strategies.packed()
+        dist.all_reduce(packed, group=s.dp_group)
+        sums, counts = packed.chunk(2)
+        overall = (sums.sum() / counts.sum().clamp(min=1)).item()
+        return {"eval/loss": overall, **StrategyLosses.means(packed, s.strategy_names, "eval/loss")}
+
+    # ----------------------------------------------------------------------------- preemption
+    def _on_sigterm(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def _agree_to_stop(self) -> bool:
+        """Any rank that got SIGTERM stops all ranks after the same step."""
+        flag = torch.tensor([float(self.stop_requested)], device=self.s.device)
+        dist.all_reduce(flag)
+        return bool(flag.item())

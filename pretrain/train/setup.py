@@ -1,0 +1,129 @@
+"""Everything the loop needs, built from a Config in an order that fails early: topology checks,
+then data (the tokenizer fixes the vocabulary), then the model, parallelized."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from typing import TYPE_CHECKING
+
+from pretrain.config import Config, ConfigError
+from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed, world_size_from_env
+from pretrain.parallel.parallelize import parallelize
+from pretrain.parallel.tp import check_tp_divisibility
+
+if TYPE_CHECKING:
+    from pretrain.model.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    device: torch.device
+    rank: int
+    world_size: int
+    mesh: DeviceMesh
+    dp_group: dist.ProcessGroup
+    model: nn.Module
+    model_cfg: "ModelConfig"
+    loader: object  # pretrain.data.loader.PretrainLoader
+    eval_loader: object | None
+    strategy_names: tuple[str, ...]
+    accumulation_steps: int
+
+
+def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
+    """Checks that need the world size; raises ConfigError saying what to change."""
+    dims = ParallelDims(world_size, cfg.parallel.tp)
+    train = cfg.train
+    try:
+        dims.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    per_step = train.micro_batch_size * dims.dp
+    if train.global_batch_size % per_step:
+        raise ConfigError(
+            f"train.global_batch_size={train.global_batch_size} is not divisible by train.micro_batch_size="
+            f"{train.micro_batch_size} x data-parallel size {dims.dp} (world {world_size} / tp {dims.tp}); "
+            f"make global_batch_size a multiple of {per_step}")
+    model = cfg.model.resolve(vocab_size=None if "vocab_size" in cfg.model.fields or cfg.model.preset else 64)
+    _check_model_fits(model, cfg, vocab_size=None)
+    return dims
+
+
+def _check_model_fits(model_cfg, cfg: Config, vocab_size: int | None) -> None:
+    try:
+        check_tp_divisibility(model_cfg.num_heads, model_cfg.num_kv_heads, model_cfg.ffn_hidden_size,
+                              model_cfg.vocab_size if vocab_size is None else vocab_size, cfg.train.seq_len,
+                              cfg.parallel.tp, cfg.parallel.sequence_parallel)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if model_cfg.position_encoding == "learned_2d" and cfg.train.seq_len > model_cfg.max_position_embeddings:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_position_embeddings="
+                          f"{model_cfg.max_position_embeddings} of the learned position tables; lower seq_len "
+                          f"or raise max_position_embeddings")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def build_setup(cfg: Config) -> Setup:
+    from pretrain.data.loader import build_loader
+    from pretrain.model.glm import GLMModel
+    from pretrain.objectives import GLMCollator, raw_length, sentence_end_ids
+
+    dims = validate_topology(cfg, world_size_from_env())
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    mesh = build_mesh(device.type, dims)
+    dp_rank = mesh["dp"].get_local_rank()
+    train = cfg.train
+
+    def loader(split: str, collator):
+        return build_loader(cfg.data, collator, seq_len=train.seq_len, raw_len=raw_length(cfg.objective, train.seq_len),
+                            global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
+                            dp_rank=dp_rank, dp_size=dims.dp, seed=train.seed, split=split)
+
+    # build_loader takes the collator, but the collator needs the loader's tokenizer (sentence ends,
+    # vocabulary): build the loader first, then hand it the collator.
+    train_loader = loader("train", _collator_not_set)
+    collator = GLMCollator(cfg.objective, train_loader.special, train.seq_len, train.seed, train.global_batch_size,
+                           sentence_end_ids=sentence_end_ids(train_loader.token_texts()),
+                           vocab_size=train_loader.vocab_size)
+    train_loader.collator = collator
+    eval_loader = loader("valid", collator) if cfg.eval.interval else None
+
+    model_cfg = cfg.model.resolve(vocab_size=train_loader.vocab_size)
+    if model_cfg.vocab_size < train_loader.vocab_size:
+        raise ConfigError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
+                          f"{train_loader.vocab_size}; raise it (or remove it to use the tokenizer's)")
+    _check_model_fits(model_cfg, cfg, vocab_size=None)
+
+    torch.manual_seed(train.seed)  # the same full initialization on every rank, then sharded
+    model = GLMModel(model_cfg).to(device)
+    model = parallelize(model, mesh, sequence_parallel=cfg.parallel.sequence_parallel,
+                        activation_checkpointing=train.activation_checkpointing, compile=train.compile,
+                        param_dtype=resolve_dtype(train.dtype, device),
+                        reshard_after_forward=cfg.parallel.fsdp == "full")
+    logger.info("model %s: %.2fM parameters, dp=%d tp=%d, %d micro-batches per step", cfg.model.preset or "custom",
+                sum(p.numel() for p in model.parameters()) / 1e6, dims.dp, dims.tp,
+                train.global_batch_size // (train.micro_batch_size * dims.dp))
+    return Setup(device=device, rank=dist.get_rank(), world_size=dims.world_size, mesh=mesh,
+                 dp_group=mesh["dp"].get_group(), model=model, model_cfg=model_cfg, loader=train_loader,
+                 eval_loader=eval_loader, strategy_names=collator.strategy_names,
+                 accumulation_steps=train.global_batch_size // (train.micro_batch_size * dims.dp))
+
+
+def _collator_not_set(samples):
+    raise RuntimeError("the loader's collator was not set")
