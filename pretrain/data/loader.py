@@ -84,6 +84,10 @@ class PretrainLoader:
         self.special = DEFAULT_SPECIAL_TOKENS
         self.consumed_samples = 0
 
+    def token_texts(self) -> list[str]:
+        """Decoded text of every id (e.g. for the collator's sentence-end table)."""
+        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
+
     def _sampler(self) -> RankBatchSampler:
         start = self.consumed_samples if self.split == "train" else 0
         return RankBatchSampler(start, self.stop, self.micro_batch_size, self.dp_rank, self.dp_size)

@@ -5,8 +5,8 @@ The blend is a pattern of ``block`` slots holding exactly ``counts[l]`` samples 
 at key (j + 0.5) / counts[l]). Global sample id g maps in O(1) to (language, k-th sample of that
 language): block g // block, slot g % block. Nothing depends on the run length.
 
-Epoch caps (UniMax): when a language has used its last whole block under ``max_epochs`` passes, a
-new segment starts in which its share is redistributed over the remaining languages. If every
+Epoch caps (UniMax): right after a language has used exactly floor(max_epochs * samples_per_epoch)
+samples, a new segment starts in which its share is redistributed over the remaining languages. If every
 language is capped the stream is finite (``total_samples``).
 """
 from __future__ import annotations
@@ -108,24 +108,31 @@ class Mixture:
         q = np.array([self.weights[lang] for lang in self.languages])
         caps = np.array([math.floor(self.max_epochs[lang] * self.samples_per_epoch[lang])
                          if lang in self.max_epochs else -1 for lang in self.languages], dtype=np.int64)
-        active = q > 0
+        active = (q > 0) & (caps != 0)
         used = np.zeros(len(q), dtype=np.int64)
         start = 0
         while active.any():
             counts = block_counts(np.where(active, q, 0) / q[active].sum(), self.block, self.languages)
-            capped = active & (caps >= 0)
-            # whole blocks each capped language still fits under its cap
-            fits = np.where(capped, (caps - used) // np.maximum(counts, 1), np.iinfo(np.int64).max)
-            blocks = int(fits.min())
-            if blocks > 0:
-                slot_language, slot_local = blend_pattern(counts)
-                self.segments.append(BlendSegment(start, counts, used.copy(), slot_language, slot_local))
-            if not capped.any():
+            slot_language, slot_local = blend_pattern(counts)
+            self.segments.append(BlendSegment(start, counts, used.copy(), slot_language, slot_local))
+            capped = np.flatnonzero(active & (caps >= 0))
+            if not len(capped):
                 return
-            start += blocks * self.block
-            used += blocks * counts
-            active &= fits > blocks
+            # the segment ends right after the slot that takes some language's last allowed sample
+            length = min(self._end_of(int(lang), int(caps[lang] - used[lang]), counts, slot_language,
+                                      slot_local) for lang in capped)
+            blocks, rest = divmod(length, self.block)
+            used += blocks * counts + np.bincount(slot_language[:rest], minlength=len(q))
+            start += length
+            active &= used != caps
         self.total_samples = start
+
+    def _end_of(self, lang: int, remaining: int, counts: np.ndarray, slot_language: np.ndarray,
+                slot_local: np.ndarray) -> int:
+        """Samples into a segment up to and including the slot of ``lang``'s ``remaining``-th sample."""
+        block, local = divmod(remaining - 1, int(counts[lang]))
+        slot = int(np.flatnonzero((slot_language == lang) & (slot_local == local))[0])
+        return block * self.block + slot + 1
 
     def locate(self, sample_id: int) -> tuple[int, int]:
         """Global sample id -> (language index, k-th sample of that language)."""

@@ -1,0 +1,82 @@
+"""``python -m pretrain inspect``: what the model is trained on. Per-language counts and tokenizer
+fertility (tokens per character), then one sample decoded with its Part A and Part B side by side."""
+from __future__ import annotations
+
+import argparse
+import itertools
+import textwrap
+
+import numpy as np
+
+from pretrain.config import from_dict, load_yaml
+from pretrain.data.config import DataConfig
+from pretrain.data.loader import build_loader
+from pretrain.data.store import read_manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a run config; its data and objective sections are used")
+    parser.add_argument("--data", help="a preprocessed directory (default: the embedded corpus)")
+    parser.add_argument("--sample-id", type=int, default=0, help="global sample id to decode")
+    parser.add_argument("--split", default="train", choices=("train", "valid"))
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=60, help="characters per column")
+
+
+def _configs(args: argparse.Namespace):
+    from pretrain.objectives import ObjectiveConfig  # the objective is only needed here
+    raw = load_yaml(args.config) if args.config else {}
+    data = from_dict(DataConfig, raw.get("data"), f"{args.config}: data")
+    if args.data:
+        data.path = args.data
+    data.num_workers = 0
+    return data, from_dict(ObjectiveConfig, raw.get("objective"), f"{args.config}: objective")
+
+
+def print_statistics(loader) -> None:
+    manifest = read_manifest(loader.root)
+    print(f"data {loader.root}\n  fingerprint {manifest['fingerprint']}, tokenizer sha256 "
+          f"{manifest['tokenizer_sha256'][:16]}, vocab {loader.vocab_size}")
+    print(f"{'lang':>6} {'documents':>10} {'tokens':>12} {'tokens/char':>11} {'empty':>6} {'mix q':>7}")
+    for lang, info in manifest["languages"].items():
+        print(f"{lang:>6} {info['n_docs']:>10} {info['n_tokens']:>12} {info['n_tokens'] / max(info['n_chars'], 1):>11.3f} "
+              f"{info['skipped_empty_documents']:>6} {loader.mixture_weights.get(lang, 0):>7.3f}")
+    for lang, info in manifest["empty_languages"].items():
+        print(f"{lang:>6} {'(empty: skipped, ' + str(info['skipped_empty_documents']) + ' empty documents)':>40}")
+
+
+def side_by_side(left: str, right: str, width: int) -> str:
+    a, b = textwrap.wrap(left, width) or [""], textwrap.wrap(right, width) or [""]
+    return "\n".join(f"{x:<{width}} | {y}" for x, y in itertools.zip_longest(a, b, fillvalue=""))
+
+
+def print_sample(loader, collator, sample_id: int, width: int) -> None:
+    sample = loader.dataset[sample_id]
+    batch = {k: v.numpy() for k, v in collator([sample]).items()}
+    ids, segments, part_a = batch["input_ids"][0], batch["segment_ids"][0], batch["part_a"][0]
+    strategy = collator.strategy_names[batch["strategy_ids"][0][0]]
+    decode = lambda tokens: loader.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=False)
+    print(f"\nsample {sample_id} ({sample.language}, {sum(map(len, sample.documents))} raw tokens in "
+          f"{len(sample.documents)} piece(s), strategy {strategy}, {int((segments >= 0).sum())}/{len(ids)} "
+          f"positions used)")
+    for segment in np.unique(segments[segments >= 0]):
+        here = segments == segment
+        print(f"\n{'Part A (context, ' + str(int((here & part_a).sum())) + ' tokens)':<{width}} | "
+              f"Part B (generated, {int((here & ~part_a).sum())} tokens)")
+        part_b = ids[here & ~part_a]
+        blocks = np.split(part_b, np.flatnonzero(part_b == loader.special.sop)[1:])  # one per span
+        print(side_by_side(decode(ids[here & part_a]), "  ".join(decode(b) for b in blocks), width))
+
+
+def main(args: argparse.Namespace) -> int:
+    from pretrain.objectives import GLMCollator, raw_length, sentence_end_ids
+    data, objective = _configs(args)
+    build = dict(seq_len=args.seq_len, raw_len=raw_length(objective, args.seq_len), global_batch_size=1,
+                 micro_batch_size=1, dp_rank=0, dp_size=1, seed=args.seed, split=args.split)
+    loader = build_loader(data, lambda samples: samples, **build)
+    collator = GLMCollator(objective, loader.special, args.seq_len, args.seed, 1,
+                           sentence_end_ids=sentence_end_ids(loader.token_texts()), vocab_size=loader.vocab_size)
+    print_statistics(loader)
+    print_sample(loader, collator, args.sample_id, args.width)
+    return 0

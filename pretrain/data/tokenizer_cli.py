@@ -1,0 +1,70 @@
+"""``python -m pretrain tokenizer {train,show}``: train a byte-level BPE on temperature-sampled text, or
+show an existing tokenizer.json (size, special ids, how a text encodes)."""
+from __future__ import annotations
+
+import argparse
+
+from pretrain.data.corpus import embedded_documents
+from pretrain.data.sources import read_sources
+from pretrain.data.tokenizer import load_tokenizer, sample_training_text, save_tokenizer, train_tokenizer
+from pretrain.tokens import SPECIAL_TOKEN_STRINGS
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", action="append", default=[], metavar="[LANG=]PATH",
+                        help="a .jsonl/.parquet/.txt file or a directory of them; repeat per language")
+    parser.add_argument("--lang-column", help="column naming each row's language (inputs without LANG=)")
+    parser.add_argument("--text-column", default="text", help="column holding the document text")
+    parser.add_argument("--sample-by", default="line", choices=("line", "paragraph", "document"),
+                        help=".txt inputs: one document per line, per blank-line paragraph, or per file")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    train = sub.add_parser("train", help="train a tokenizer")
+    add_source_arguments(train)
+    train.add_argument("--embedded", action="store_true", help="train on the embedded multilingual corpus")
+    train.add_argument("--output", required=True, help="where to write tokenizer.json")
+    train.add_argument("--vocab-size", type=int, default=32000)
+    train.add_argument("--alpha", type=float, default=0.3, help="language sampling temperature q ∝ p^alpha")
+    train.add_argument("--max-chars", type=int, default=200_000_000, help="characters of training text")
+    train.add_argument("--max-rows", type=int, default=1_000_000, help="rows read per language")
+    train.add_argument("--seed", type=int, default=0)
+    show = sub.add_parser("show", help="describe a tokenizer.json")
+    show.add_argument("path")
+    show.add_argument("--text", action="append", default=[], help="a text to encode and decode")
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.embedded == bool(args.input):
+        raise SystemExit("tokenizer train: give either --embedded or --input files, not both or neither")
+    if args.embedded:
+        texts = embedded_documents()
+    else:
+        texts = {}
+        for source in read_sources(args.input, text_column=args.text_column, lang_column=args.lang_column,
+                                   sample_by=args.sample_by):
+            if source.dataset is not None:
+                rows = source.dataset.select(range(min(len(source.dataset), args.max_rows)))
+                texts[source.lang] = [t for t in rows[args.text_column] if isinstance(t, str) and t.strip()]
+    lines = sample_training_text(texts, alpha=args.alpha, max_chars=args.max_chars, seed=args.seed)
+    tokenizer = train_tokenizer(lines, args.vocab_size)
+    sha = save_tokenizer(tokenizer, args.output)
+    print(f"wrote {args.output}: vocab {tokenizer.get_vocab_size()} (languages: {', '.join(sorted(texts))}), "
+          f"sha256 {sha}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    tokenizer = load_tokenizer(args.path)
+    print(f"{args.path}: vocab {tokenizer.get_vocab_size()}")
+    for token_id, text in enumerate(SPECIAL_TOKEN_STRINGS):
+        print(f"  {token_id:3d}  {text}")
+    for text in args.text:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        print(f"{text!r}\n  {len(ids)} tokens: {ids}\n  pieces: {[tokenizer.decode([i]) for i in ids]}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return _train(args) if args.action == "train" else _show(args)
