@@ -28,6 +28,6 @@ def _glm_random_layout(seed: int, batch: int, seq_len: int) -> tuple[torch.Tenso
     return torch.from_numpy(segment_ids), torch.from_numpy(part_a)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a pure function of (seed, batch, seq_len): safe under hypothesis
 def glm_random_layout():
     return _glm_random_layout

@@ -158,6 +158,13 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.cache
+def _compiled_create_block_mask():
+    """create_block_mask compiled once (torch 2.13 deprecates its `_compile=True` flag in favour of this)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    return torch.compile(create_block_mask, dynamic=False)
+
+
 def glm_mask_mod(segment_ids: torch.Tensor, part_a: torch.Tensor):
     """The rule as a FlexAttention mask_mod over index tensors (heads broadcast: TP-safe)."""
 
@@ -172,10 +179,9 @@ class FlexGLMAttention:
     """FlexAttention with a BlockMask built once per batch; fully masked blocks are skipped by the kernel."""
 
     def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor):
-        from torch.nn.attention.flex_attention import create_block_mask
         batch, seq_len = segment_ids.shape
-        self.block_mask = create_block_mask(glm_mask_mod(segment_ids, part_a), batch, None, seq_len, seq_len,
-                                            device=segment_ids.device, _compile=True)
+        self.block_mask = _compiled_create_block_mask()(
+            glm_mask_mod(segment_ids, part_a), batch, None, seq_len, seq_len, device=segment_ids.device)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return _compiled_flex_attention()(q, k, v, block_mask=self.block_mask, enable_gqa=True)
