@@ -12,13 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from pretrain.model.glm import GLMModel
+from pretrain.tokens import DEFAULT_SPECIAL_TOKENS, SpecialTokens
 
 # GlmForCausalLM computes exactly this architecture; anything else would load but compute differently.
 _GLM4_ARCHITECTURE = dict(position_encoding="rope_1d", rope_interleaved=True, norm="rmsnorm",
                           norm_placement="pre", mlp="swiglu", bias=False)
 
 
-def hf_config(model: GLMModel) -> dict:
+def hf_config(model: GLMModel, special: SpecialTokens = DEFAULT_SPECIAL_TOKENS) -> dict:
     cfg = model.cfg
     mismatched = {k: getattr(cfg, k) for k, v in _GLM4_ARCHITECTURE.items() if getattr(cfg, k) != v}
     if mismatched:
@@ -45,6 +46,10 @@ def hf_config(model: GLMModel) -> dict:
                             "partial_rotary_factor": cfg.partial_rotary_factor},
         "partial_rotary_factor": cfg.partial_rotary_factor,
         "rope_theta": cfg.rope_theta,
+        # generation: a Part-B block ends in eop; GLM-4 style prompts end in [gMASK] <sop>
+        "pad_token_id": special.pad,
+        "eos_token_id": [special.eos, special.eop],
+        "bos_token_id": special.sop,
         "torch_dtype": str(model.embed_tokens.weight.dtype).removeprefix("torch."),
     }
 
@@ -66,10 +71,10 @@ def hf_state_dict(model: GLMModel) -> dict[str, torch.Tensor]:
     return theirs
 
 
-def export_hf(model: GLMModel, directory: str | Path) -> Path:
+def export_hf(model: GLMModel, directory: str | Path, special: SpecialTokens = DEFAULT_SPECIAL_TOKENS) -> Path:
     """Write ``config.json`` and ``model.safetensors`` loadable by ``GlmForCausalLM.from_pretrained``."""
     directory = Path(directory)
-    config = hf_config(model)
+    config = hf_config(model, special.validate(model.cfg.vocab_size))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     weights = {name: tensor.contiguous().cpu() for name, tensor in hf_state_dict(model).items()}

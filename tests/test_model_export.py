@@ -1,0 +1,41 @@
+"""GLM-4 interoperability: export_hf output loads into transformers' GlmForCausalLM with the same logits."""
+import json
+
+import pytest
+import torch
+
+from pretrain.model import build_model, export_hf
+
+transformers = pytest.importorskip("transformers")
+
+GLM4_SMALL = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=24,
+                  ffn_hidden_size=96, max_position_embeddings=128)
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_exported_glm4_gives_the_same_logits_in_transformers(tmp_path, tie_embeddings):
+    torch.manual_seed(0)
+    model = build_model("glm-4-9b", **GLM4_SMALL, tie_embeddings=tie_embeddings).eval()
+    with torch.no_grad():  # norms start at 1 and biases at 0: perturb them so every tensor's mapping matters
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    export_hf(model, tmp_path)
+    reference = transformers.GlmForCausalLM.from_pretrained(tmp_path).eval()
+
+    batch, seq_len = 2, 40
+    input_ids = torch.randint(0, 256, (batch, seq_len))
+    causal = dict(position_ids=torch.arange(seq_len).expand(batch, -1),
+                  block_position_ids=torch.zeros(batch, seq_len, dtype=torch.long),
+                  segment_ids=torch.zeros(batch, seq_len, dtype=torch.long),
+                  part_a=torch.zeros(batch, seq_len, dtype=torch.bool))
+    with torch.no_grad():
+        ours = model(input_ids, **causal)
+        theirs = reference(input_ids=input_ids).logits.float()
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] is tie_embeddings
+
+
+def test_export_refuses_architectures_transformers_would_compute_differently(tmp_path):
+    with pytest.raises(ValueError, match=r"this model has \{'position_encoding': 'learned_2d'"):
+        export_hf(build_model("glm-tiny"), tmp_path)
+    assert not (tmp_path / "config.json").exists()
