@@ -48,17 +48,20 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     Each row holds its segments as [A_0; B_0; A_1; B_1; ...] then padding (segment -1, pad id,
     positions 0, loss 0). Returns numpy arrays [n_rows, seq_len] keyed as the batch dict, with
     ``segment_ids`` counting segments inside each row from 0. Raises ValueError if a row does not fit.
+
+    The output is a sequence of runs, each copying a contiguous stretch of a source table:
+    per segment, the text pieces of Part A (text before a span plus the span's first token, which
+    the table's second copy of the text holds as the mask token; then the text after the last span), then per Part-B slot a
+    sop run and the span's text; per row a padding run. Every output array is then a few
+    ``np.repeat`` of per-run values over the whole batch (K spans, G segments, R = 3K + G + B runs).
     """
     n_tok, n_seg, n_span = len(tokens), len(seg_lengths), len(spans.start)
-    seg_first_tok = _exclusive_cumsum(seg_lengths)                                    # [G+1]
     span_len = spans.end - spans.start                                                # [K]
+    seg_first_tok = _exclusive_cumsum(seg_lengths)                                    # [G+1]
     span_seg = np.searchsorted(seg_first_tok, spans.start, side="right") - 1         # [K]
-    seg_n_spans = np.bincount(span_seg, minlength=n_seg)
-    seg_masked = np.bincount(span_seg, weights=span_len, minlength=n_seg).astype(np.int64)
-    seg_out_len = seg_lengths + 2 * seg_n_spans                                       # [G]
-    seg_a_len = seg_lengths - seg_masked + seg_n_spans                                # [G]
-
-    # Flat output offset of every segment: rows are seq_len apart, segments packed from row start.
+    seg_n_spans = np.bincount(span_seg, minlength=n_seg)                              # [G]
+    seg_first_span = _exclusive_cumsum(seg_n_spans)                                   # [G+1]
+    seg_out_len = seg_lengths + 2 * seg_n_spans
     out_cum = _exclusive_cumsum(seg_out_len)
     row_first_seg = np.searchsorted(seg_rows, np.arange(n_rows + 1))                  # [B+1]
     row_used = out_cum[row_first_seg[1:]] - out_cum[row_first_seg[:-1]]               # [B]
@@ -66,62 +69,73 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
         row = int(np.argmax(row_used > seq_len))
         raise ValueError(f"row {row} needs {row_used[row]} tokens (text + 2 per span) but seq_len is "
                          f"{seq_len}; drop spans or shorten the text before laying out")
-    seg_out = seg_rows * seq_len + out_cum[:-1] - out_cum[row_first_seg[seg_rows]]   # [G]
 
-    # Part A: span interiors vanish, a span's first token becomes its mask token.
-    interior = np.zeros(n_tok + 1, dtype=np.int64)
-    interior[spans.start + 1] += 1
-    interior[spans.end] -= 1
-    keep = np.cumsum(interior[:-1]) == 0                                              # [T]
-    keep_cum = _exclusive_cumsum(keep)                                                # [T+1]
-    tok_seg = np.repeat(np.arange(n_seg), seg_lengths)                                # [T]
-    pos_a = keep_cum[1:] - 1 - keep_cum[seg_first_tok[tok_seg]]                       # [T] index in Part A
-    a_ids = tokens.copy()
-    a_ids[spans.start] = spans.mask_id
-    a_dest = (seg_out[tok_seg] + pos_a)[keep]
+    # Where each run goes in the run sequence.
+    seg_run = 3 * seg_first_span[:-1] + np.arange(n_seg) + seg_rows                  # [G] first run
+    span_index = np.arange(n_span) - seg_first_span[span_seg]                         # [K] j-th span of its segment
+    piece_run = seg_run[span_seg] + span_index                                        # [K]
+    tail_run = seg_run + seg_n_spans                                                  # [G]
+    sop_run = tail_run[span_seg] + 1 + 2 * spans.rank                                 # [K]
+    pad_run = 3 * seg_first_span[row_first_seg[1:]] + row_first_seg[1:] + np.arange(n_rows)  # [B]
 
-    size = n_rows * seq_len
-    input_ids = np.full(size, pad_id, dtype=np.int64)
-    target_ids = np.full(size, pad_id, dtype=np.int64)
-    position_ids = np.zeros(size, dtype=np.int64)
-    block_position_ids = np.zeros(size, dtype=np.int64)
-    loss_mask = np.zeros(size, dtype=np.float32)
-    part_a = np.zeros(size, dtype=bool)
-    input_ids[a_dest] = a_ids[keep]
-    target_ids[a_dest] = a_ids[keep]  # placeholders under loss 0, as the reference
-    position_ids[a_dest] = pos_a[keep]
-    part_a[a_dest] = True
+    # Run lengths and where they copy from: table = [tokens, tokens with masks at span starts, sop, pads].
+    prev_end = np.where(span_index == 0, seg_first_tok[span_seg], np.r_[0, spans.end[:-1]])
+    has_spans = seg_n_spans > 0
+    last_end = np.where(has_spans, spans.end[np.maximum(seg_first_span[1:] - 1, 0)] if n_span else 0,
+                        seg_first_tok[:-1])                                           # [G]
+    n_runs = 3 * n_span + n_seg + n_rows
+    run_len = np.empty(n_runs, dtype=np.int64)
+    run_src = np.empty(n_runs, dtype=np.int64)
+    run_len[piece_run], run_src[piece_run] = spans.start + 1 - prev_end, n_tok + prev_end
+    run_len[tail_run], run_src[tail_run] = seg_first_tok[1:] - last_end, n_tok + last_end
+    run_len[sop_run], run_src[sop_run] = 1, 2 * n_tok
+    run_len[sop_run + 1], run_src[sop_run + 1] = span_len, spans.start
+    run_len[pad_run], run_src[pad_run] = seq_len - row_used, 2 * n_tok + 1
+    run_out = _exclusive_cumsum(run_len)[:-1]                 # rows are exactly seq_len: flat offsets
 
-    # Part B: span k of a segment goes to slot rank[k]; spans are grouped by segment, so the slot
-    # in a global Part-B order is the segment's first span index plus the rank.
-    seg_first_span = _exclusive_cumsum(seg_n_spans)
-    by_slot = np.empty(n_span, dtype=np.int64)
-    by_slot[seg_first_span[span_seg] + spans.rank] = np.arange(n_span)
-    b_start, b_len, b_seg = spans.start[by_slot], span_len[by_slot], span_seg[by_slot]   # [K]
-    b_mask_pos = pos_a[b_start]
-    block_cum = _exclusive_cumsum(b_len + 1)                                          # [K+1]
-    b_dest = seg_out[b_seg] + seg_a_len[b_seg] + block_cum[:-1] - block_cum[seg_first_span[b_seg]]
-    tok_block = np.repeat(np.arange(n_span), b_len + 1)                               # [TB]
-    within = np.arange(block_cum[-1]) - block_cum[tok_block]                          # [TB] 0..len
-    src = b_start[tok_block] + within                                                 # text index of the target
-    padded_tokens = np.append(tokens, pad_id)  # src == n_tok only where the target is eop
-    b_dest_tok = b_dest[tok_block] + within
-    input_ids[b_dest_tok] = np.where(within == 0, sop_id, padded_tokens[src - 1])
-    target_ids[b_dest_tok] = np.where(within == b_len[tok_block], eop_id, padded_tokens[src])
-    position_ids[b_dest_tok] = b_mask_pos[tok_block]
-    block_position_ids[b_dest_tok] = within + 1 if block_positions else 1
-    loss_mask[b_dest_tok] = 1.0
+    # Per-run values of the outputs that are affine in the flat index.
+    seg_out = run_out[seg_run]                                                        # [G] flat start
+    masked_before = np.cumsum(span_len - 1) - (span_len - 1)
+    mask_pos = (spans.start - seg_first_tok[span_seg]
+                - (masked_before - masked_before[seg_first_span[span_seg]]))          # [K] index in Part A
+    run_kind = np.full(n_runs, 1, dtype=np.int8)              # 0 Part A, 1 Part B, 2 padding
+    run_pos = np.zeros(n_runs, dtype=np.int64)
+    run_seg = np.empty(n_runs, dtype=np.int64)
+    run_block = np.zeros(n_runs, dtype=np.int64)
+    text_slope = np.zeros(n_runs, dtype=bool)
+    seg_in_row = np.arange(n_seg) - row_first_seg[seg_rows]
+    for runs, seg in ((piece_run, span_seg), (tail_run, np.arange(n_seg))):
+        run_kind[runs], run_pos[runs], run_seg[runs] = 0, -seg_out[seg], seg_in_row[seg]
+    for runs in (sop_run, sop_run + 1):
+        run_pos[runs], run_seg[runs] = mask_pos, seg_in_row[span_seg]
+    run_kind[pad_run], run_seg[pad_run] = 2, -1
+    run_block[sop_run] = 1
+    if block_positions:
+        run_block[sop_run + 1], text_slope[sop_run + 1] = 2 - run_out[sop_run + 1], True
+    else:
+        run_block[sop_run + 1] = 1
 
-    # Segment ids fill each row from the start, in row-major order, so one masked assignment works.
-    used = np.arange(seq_len) < row_used[:, None]                                     # [B, S]
-    segment_ids = np.full((n_rows, seq_len), -1, dtype=np.int64)
-    segment_ids[used] = np.repeat(np.arange(n_seg) - row_first_seg[seg_rows], seg_out_len)
+    flat = np.arange(n_rows * seq_len)
+    table = np.concatenate([tokens, tokens, [sop_id], np.full(seq_len, pad_id)])
+    table[n_tok + spans.start] = spans.mask_id
+    input_ids = table[flat + np.repeat(run_src - run_out, run_len)]
+    kind = np.repeat(run_kind, run_len)
+    part_a, part_b = kind == 0, kind == 1
+    position_ids = np.repeat(run_pos, run_len) + flat * part_a
+    block_position_ids = np.repeat(run_block, run_len)
+    if block_positions:
+        block_position_ids += flat * np.repeat(text_slope, run_len)
+    # Targets are the inputs shifted by one inside Part B (eop closes each block); Part A targets
+    # are placeholders (copies of the inputs) under loss 0, as in the reference.
+    target_ids = input_ids.copy()
+    target_ids[:-1][part_b[:-1]] = input_ids[1:][part_b[:-1]]
+    target_ids[run_out[sop_run + 1] + span_len - 1] = eop_id
     shape = (n_rows, seq_len)
     return {
         "input_ids": input_ids.reshape(shape), "target_ids": target_ids.reshape(shape),
-        "loss_mask": loss_mask.reshape(shape), "position_ids": position_ids.reshape(shape),
-        "block_position_ids": block_position_ids.reshape(shape), "segment_ids": segment_ids,
-        "part_a": part_a.reshape(shape),
+        "loss_mask": part_b.astype(np.float32).reshape(shape), "position_ids": position_ids.reshape(shape),
+        "block_position_ids": block_position_ids.reshape(shape),
+        "segment_ids": np.repeat(run_seg, run_len).reshape(shape), "part_a": part_a.reshape(shape),
     }
 
 
