@@ -19,19 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="a preprocessed directory (default: the embedded corpus)")
     parser.add_argument("--sample-id", type=int, default=0, help="global sample id to decode")
     parser.add_argument("--split", default="train", choices=("train", "valid"))
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seq-len", type=int, help="default: the config's train.seq_len, else 512")
+    parser.add_argument("--seed", type=int, help="default: the config's train.seed, else 0")
     parser.add_argument("--width", type=int, default=60, help="characters per column")
 
 
 def _configs(args: argparse.Namespace):
+    """(data, objective, train section) from --config, with the command line taking precedence."""
     from pretrain.objectives import ObjectiveConfig  # the objective is only needed here
     raw = load_yaml(args.config) if args.config else {}
     data = from_dict(DataConfig, raw.get("data"), f"{args.config}: data")
     if args.data:
         data.path = args.data
     data.num_workers = 0
-    return data, from_dict(ObjectiveConfig, raw.get("objective"), f"{args.config}: objective")
+    return data, from_dict(ObjectiveConfig, raw.get("objective"), f"{args.config}: objective"), raw.get("train") or {}
 
 
 def print_statistics(loader) -> None:
@@ -71,11 +72,14 @@ def print_sample(loader, collator, sample_id: int, width: int) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from pretrain.objectives import GLMCollator, raw_length, sentence_end_ids
-    data, objective = _configs(args)
-    build = dict(seq_len=args.seq_len, raw_len=raw_length(objective, args.seq_len), global_batch_size=1,
-                 micro_batch_size=1, dp_rank=0, dp_size=1, seed=args.seed, split=args.split)
-    loader = build_loader(data, lambda samples: samples, **build)
-    collator = GLMCollator(objective, loader.special, args.seq_len, args.seed, 1,
+    data, objective, train = _configs(args)
+    seq_len = args.seq_len or train.get("seq_len", 512)
+    seed = train.get("seed", 0) if args.seed is None else args.seed
+    global_batch = train.get("global_batch_size", 1)  # the per-batch strategy choice depends on it
+    loader = build_loader(data, lambda samples: samples, seq_len=seq_len, raw_len=raw_length(objective, seq_len),
+                          global_batch_size=global_batch, micro_batch_size=global_batch, dp_rank=0, dp_size=1,
+                          seed=seed, split=args.split)
+    collator = GLMCollator(objective, loader.special, seq_len, seed, global_batch,
                            sentence_end_ids=sentence_end_ids(loader.token_texts()), vocab_size=loader.vocab_size)
     print_statistics(loader)
     print_sample(loader, collator, args.sample_id, args.width)

@@ -71,6 +71,8 @@ class SampleDataset(torch.utils.data.Dataset):
 
 
 class PretrainLoader:
+    """Iterate for this rank's collated micro-batches; ``state_dict``/``load_state_dict`` for exact resume."""
+
     def __init__(self, dataset: SampleDataset, collator: Callable, *, split: str, stop: int | None,
                  identity: dict, micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int,
                  tokenizer: Tokenizer, root: Path, mixture_weights: dict[str, float]):

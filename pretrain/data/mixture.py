@@ -57,7 +57,7 @@ def mixture_weights(tokens: Mapping[str, int], alpha: float, overrides: Mapping[
 
 @dataclass(frozen=True)
 class BlendSegment:
-    start: int                # first global sample id of this segment (a multiple of the block)
+    start: int                # first global sample id of this segment
     counts: np.ndarray        # [L] samples of each language per block
     base: np.ndarray          # [L] samples of each language used before this segment
     slot_language: np.ndarray  # [block] language index of each slot

@@ -92,6 +92,8 @@ def write_language(source: LanguageSource, root: Path, tokenizer_path: Path, tok
                    dtype: np.dtype, *, text_column: str, shard_documents: int,
                    num_proc: int | None) -> list[dict]:
     (root / source.lang).mkdir(parents=True, exist_ok=True)
+    for stale in (root / source.lang).glob(".*.tmp*"):  # left by an interrupted run
+        stale.unlink()
     rows = len(source.dataset)
     encoder = _Encoder(tokenizer_path, text_column, dtype)
     shards = []
