@@ -2,14 +2,17 @@
 import dataclasses
 import json
 import multiprocessing
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from pretrain.data import DataConfig, DataExhaustedError, ResumeMismatchError, build_loader, prepare_embedded_corpus
 from pretrain.data.index import LanguageWindows, split_documents
-from pretrain.data.store import open_store
+from pretrain.data.store import LanguageStore, open_store
 from pretrain.objectives import GLMCollator, ObjectiveConfig, raw_length, sentence_end_ids
 from pretrain.tokens import DEFAULT_SPECIAL_TOKENS
 
@@ -214,3 +217,23 @@ def test_concurrent_embedded_corpus_builds_agree(tmp_path):
     store = open_store(paths[0])  # verifies every checksum
     assert len(store.languages) >= 10 and {"zh", "ja", "ko", "ar", "fa"} <= set(store.languages)
     assert [p.name for p in tmp_path.iterdir()] == [paths[0].rsplit("/", 1)[1]]  # no staging dirs left
+
+
+@settings(deadline=None, max_examples=20)
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=12), raw_len=st.integers(2, 40),
+       epoch=st.integers(0, 3))
+def test_windows_cut_the_framed_epoch_stream_exactly(lengths, raw_len, epoch):
+    special = DEFAULT_SPECIAL_TOKENS
+    tokens = np.arange(100, 100 + sum(lengths), dtype=np.uint16)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "shard.bin"
+        tokens.tofile(path)
+        store = LanguageStore("xx", [path], np.dtype(np.uint16), offsets, np.array([0, len(lengths)]))
+        windows = LanguageWindows(store, np.arange(len(lengths)), raw_len, SEED, special, shuffle=True)
+        order, _, window_order = windows.epoch(epoch)
+        cut = {int(w): windows.window(epoch * windows.samples_per_epoch + p) for p, w in enumerate(window_order)}
+        stream = np.concatenate([np.concatenate(cut[w]) for w in range(windows.samples_per_epoch)])
+    framed = [np.concatenate([[special.cls], tokens[offsets[d]:offsets[d + 1]], [special.eos]]) for d in order]
+    np.testing.assert_array_equal(stream, np.concatenate(framed))
+    assert all(sum(map(len, cut[w])) == raw_len for w in range(windows.samples_per_epoch - 1))
