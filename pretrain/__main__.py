@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "tokenizer": ("pretrain.data.tokenizer_cli", "train or inspect a byte-level BPE tokenizer"),
     "preprocess": ("pretrain.data.preprocess_cli", "tokenize raw corpora once into sharded token files"),
     "inspect": ("pretrain.data.inspect_cli", "show what the model is trained on"),
+    "export": ("pretrain.model.export_cli", "export a trained GLM-4-shaped model for transformers' GlmForCausalLM"),
 }
 
 

@@ -1,9 +1,13 @@
 """GLM-4 interoperability: export_hf output loads into transformers' GlmForCausalLM with the same logits."""
+import dataclasses
 import json
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
+import yaml
 
+from pretrain.__main__ import main as cli
 from pretrain.model import build_model, export_hf
 
 transformers = pytest.importorskip("transformers")
@@ -12,18 +16,19 @@ GLM4_SMALL = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num
                   ffn_hidden_size=96, max_position_embeddings=128)
 
 
-@pytest.mark.parametrize("tie_embeddings", [False, True])
-def test_exported_glm4_gives_the_same_logits_in_transformers(tmp_path, tie_embeddings):
+def small_glm4(**overrides):
     torch.manual_seed(0)
-    model = build_model("glm-4-9b", **GLM4_SMALL, tie_embeddings=tie_embeddings).eval()
+    model = build_model("glm-4-9b", **{**GLM4_SMALL, **overrides}).eval()
     with torch.no_grad():  # norms start at 1 and biases at 0: perturb them so every tensor's mapping matters
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.05)
-    export_hf(model, tmp_path)
-    reference = transformers.GlmForCausalLM.from_pretrained(tmp_path).eval()
+    return model
 
+
+def assert_same_causal_logits(model, hf_dir):
+    reference = transformers.GlmForCausalLM.from_pretrained(hf_dir).eval()
     batch, seq_len = 2, 40
-    input_ids = torch.randint(0, 256, (batch, seq_len))
+    input_ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(1))
     causal = dict(position_ids=torch.arange(seq_len).expand(batch, -1),
                   block_position_ids=torch.zeros(batch, seq_len, dtype=torch.long),
                   segment_ids=torch.zeros(batch, seq_len, dtype=torch.long),
@@ -32,7 +37,25 @@ def test_exported_glm4_gives_the_same_logits_in_transformers(tmp_path, tie_embed
         ours = model(input_ids, **causal)
         theirs = reference(input_ids=input_ids).logits.float()
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_exported_glm4_gives_the_same_logits_in_transformers(tmp_path, tie_embeddings):
+    model = small_glm4(tie_embeddings=tie_embeddings)
+    export_hf(model, tmp_path)
+    assert_same_causal_logits(model, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] is tie_embeddings
+
+
+def test_export_cli_reads_a_run_directory_and_its_dcp_checkpoint(tmp_path):
+    model = small_glm4()
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000005").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"resolved_model": dataclasses.asdict(model.cfg)}))
+    dcp.save({"model": model.state_dict()}, checkpoint_id=run / "checkpoints" / "step_00000005")
+    (run / "checkpoints" / "step_00000005" / "complete").touch()
+    assert cli(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert_same_causal_logits(model, tmp_path / "hf")
 
 
 def test_export_refuses_architectures_transformers_would_compute_differently(tmp_path):

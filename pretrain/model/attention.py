@@ -129,6 +129,9 @@ class SegmentSDPAAttention:
     def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor):
         self.layout = segment_runs(segment_ids, part_a)  # one host sync per batch, not per layer
 
+    # The loop is driven by this batch's host-side layout: compiled, it would recompile for every new
+    # layout, so torch.compile leaves it eager (a graph break per layer) and compiles around it.
+    @torch.compiler.disable
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         groups = q.shape[1] // k.shape[1]
         rows = []
