@@ -76,7 +76,7 @@ def bench_loader(cache: Path, batches: int, micro_batch_size: int) -> list[str]:
     probe = build_loader(cfg, list, **build)
     glm = GLMCollator(objective, probe.special, seq_len, 0, micro_batch_size,
                       sentence_end_ids=sentence_end_ids(probe.token_texts()), vocab_size=probe.vocab_size)
-    rows = ["| collator | workers | ms per micro-batch (mbs %d, seq %d) |" % (micro_batch_size, seq_len), "|---|---|---|"]
+    rows = [f"| collator | workers | ms per micro-batch (mbs {micro_batch_size}, seq {seq_len}) |", "|---|---|---|"]
     for name, collator in (("pass-through (sample assembly only)", list), ("GLMCollator glm-10b", glm)):
         for workers in (0, 2, 4):
             loader = build_loader(DataConfig(cache_dir=str(cache), num_workers=workers), collator, **build)

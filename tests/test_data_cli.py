@@ -19,7 +19,8 @@ def workspace(tmp_path_factory):
 
 
 def test_tokenizer_train_and_show(workspace, capsys):
-    assert main(["tokenizer", "train", "--embedded", "--vocab-size", "600", "--output", str(workspace / "tok.json")]) == 0
+    output = str(workspace / "tok.json")
+    assert main(["tokenizer", "train", "--embedded", "--vocab-size", "600", "--output", output]) == 0
     assert "vocab 640" in capsys.readouterr().out
     assert main(["tokenizer", "show", str(workspace / "tok.json"), "--text", "a [MASK] b"]) == 0
     out = capsys.readouterr().out

@@ -42,7 +42,8 @@ def glm_collator(cfg):
 
 def make(cfg, collator=ids_collator, *, mbs=2, dp_rank=0, dp_size=1, split="train", **changes):
     cfg = dataclasses.replace(cfg, **changes)
-    return build_loader(cfg, collator, seq_len=SEQ_LEN, raw_len=raw_length(ObjectiveConfig(strategy="glm-10b"), SEQ_LEN),
+    raw_len = raw_length(ObjectiveConfig(strategy="glm-10b"), SEQ_LEN)
+    return build_loader(cfg, collator, seq_len=SEQ_LEN, raw_len=raw_len,
                         global_batch_size=G, micro_batch_size=mbs, dp_rank=dp_rank, dp_size=dp_size, seed=SEED,
                         split=split)
 
@@ -63,8 +64,8 @@ def same(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("dp_size, mbs, workers", [(1, 8, 0), (2, 2, 2), (4, 1, 0)])
 def test_every_global_id_once_across_ranks_and_micro_steps(cfg, dp_size, mbs, workers):
     steps = 6  # global batches
-    per_rank = [[b["sample_ids"].tolist() for b in take(make(cfg, mbs=mbs, dp_rank=r, dp_size=dp_size, num_workers=workers),
-                                                          steps * G // (mbs * dp_size))] for r in range(dp_size)]
+    loaders = [make(cfg, mbs=mbs, dp_rank=r, dp_size=dp_size, num_workers=workers) for r in range(dp_size)]
+    per_rank = [[b["sample_ids"].tolist() for b in take(loader, steps * G // (mbs * dp_size))] for loader in loaders]
     flat = sorted(i for rank in per_rank for batch in rank for i in batch)
     assert flat == list(range(steps * G))  # no duplicates, no gaps
     for m in range(len(per_rank[0])):  # the documented id formula

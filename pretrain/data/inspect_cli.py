@@ -41,7 +41,8 @@ def print_statistics(loader) -> None:
           f"{manifest['tokenizer_sha256'][:16]}, vocab {loader.vocab_size}")
     print(f"{'lang':>6} {'documents':>10} {'tokens':>12} {'tokens/char':>11} {'empty':>6} {'mix q':>7}")
     for lang, info in manifest["languages"].items():
-        print(f"{lang:>6} {info['n_docs']:>10} {info['n_tokens']:>12} {info['n_tokens'] / max(info['n_chars'], 1):>11.3f} "
+        fertility = info["n_tokens"] / max(info["n_chars"], 1)
+        print(f"{lang:>6} {info['n_docs']:>10} {info['n_tokens']:>12} {fertility:>11.3f} "
               f"{info['skipped_empty_documents']:>6} {loader.mixture_weights.get(lang, 0):>7.3f}")
     for lang, info in manifest["empty_languages"].items():
         print(f"{lang:>6} {'(empty: skipped, ' + str(info['skipped_empty_documents']) + ' empty documents)':>40}")

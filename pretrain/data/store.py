@@ -119,8 +119,8 @@ def _open_shard(root: Path, lang: str, shard: dict, dtype: np.dtype, vocab_size:
             raise CorruptDataError(f"shard file {path} listed in {root / MANIFEST} is missing; re-run preprocess")
     expected = shard["n_tokens"] * dtype.itemsize
     if bin_path.stat().st_size != expected:
-        raise CorruptDataError(f"shard file {bin_path} has {bin_path.stat().st_size} bytes, the manifest "
-                               f"says {expected} ({shard['n_tokens']} tokens): truncated or replaced; re-run preprocess")
+        raise CorruptDataError(f"shard file {bin_path} has {bin_path.stat().st_size} bytes, the manifest says "
+                               f"{expected} ({shard['n_tokens']} tokens): truncated or replaced; re-run preprocess")
     if verify:
         for path, key in ((bin_path, "bin_sha256"), (idx_path, "idx_sha256")):
             if file_sha256(path) != shard[key]:
