@@ -128,7 +128,7 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     # Targets are the inputs shifted by one inside Part B (eop closes each block); Part A targets
     # are placeholders (copies of the inputs) under loss 0, as in the reference.
     target_ids = input_ids.copy()
-    target_ids[:-1][part_b[:-1]] = input_ids[1:][part_b[:-1]]
+    np.copyto(target_ids[:-1], input_ids[1:], where=part_b[:-1])
     target_ids[run_out[sop_run + 1] + span_len - 1] = eop_id
     shape = (n_rows, seq_len)
     return {

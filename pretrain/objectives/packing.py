@@ -8,7 +8,7 @@ and the rare row that still overflows loses its last spans (the text stays, as c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from pretrain.objectives.strategies import expected_spans
 @dataclass
 class TextSample:
     sample_id: int                 # global sample id (Megatron consumed_samples order)
-    documents: list[np.ndarray] = field(default_factory=list)  # documents or cut pieces, in order
+    documents: list[np.ndarray]    # int token arrays: documents or cut pieces of one, in order; a piece
+                                   # that starts a document begins with cls, one that ends it ends with eos
     language: str = ""
 
 

@@ -36,7 +36,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 def keys(seed: int, ids: np.ndarray | int) -> np.ndarray:
     """uint64 key per id, for ``seed`` (e.g. ids = sample ids, or sample_id // global_batch_size)."""
     with np.errstate(over="ignore"):
-        base = _mix(np.asarray([seed], dtype=np.uint64) * _GAMMA + _GAMMA)
+        base = _mix(np.asarray([seed % 2 ** 64], dtype=np.uint64) * _GAMMA + _GAMMA)
         return _mix(base ^ (np.asarray(ids, dtype=np.uint64) + np.uint64(1)) * _GAMMA)
 
 
