@@ -238,3 +238,14 @@ def test_windows_cut_the_framed_epoch_stream_exactly(lengths, raw_len, epoch):
     framed = [np.concatenate([[special.cls], tokens[offsets[d]:offsets[d + 1]], [special.eos]]) for d in order]
     np.testing.assert_array_equal(stream, np.concatenate(framed))
     assert all(sum(map(len, cut[w])) == raw_len for w in range(windows.samples_per_epoch - 1))
+
+
+def test_epoch_indices_are_cached_and_reused(cfg, tmp_path, monkeypatch):
+    cached = dataclasses.replace(cfg, cache_dir=str(tmp_path))
+    first = [b["sample_ids"].tolist() + [t.tolist() for t in b["tokens"]] for b in take(make(cached), 4)]
+    files = sorted((tmp_path / "index").glob("*.npy"))
+    assert files and not list((tmp_path / "index").glob(".*"))  # no temporary files left
+    loader = make(cached)
+    monkeypatch.setattr(np.random, "default_rng", lambda *a: pytest.fail("index rebuilt instead of loaded"))
+    again = [b["sample_ids"].tolist() + [t.tolist() for t in b["tokens"]] for b in take(loader, 4)]
+    assert again == first

@@ -10,6 +10,7 @@ class DataConfig:
     # A preprocessed directory (manifest.json + tokenizer.json, see `python -m pretrain preprocess`);
     # null -> the embedded multilingual corpus, built on demand under cache_dir.
     path: str | None = None
+    # The embedded corpus and the per-epoch shuffle index cache (<cache_dir>/index).
     cache_dir: str = "runs/_data"
     # Language weights q_l ∝ p_l^alpha over training tokens (XLM-R / mT5 use 0.3).
     alpha: float = 0.3

@@ -4,12 +4,18 @@ an epoch may be shorter: nothing is dropped), visited in a seeded order.
 
 Everything is a pure function of (store contents, document subset, raw_len, seed, language, epoch)
 and is built with vectorised numpy the first time an epoch is touched (about 1 s per 10 M
-documents), in each process; nothing depends on the run length, ranks or workers.
+documents); nothing depends on the run length, ranks or workers. With a cache directory, the shuffled
+orders are saved once (atomic rename, keyed by everything they depend on) and memory-mapped by
+every other rank and worker.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import uuid
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -36,12 +42,15 @@ def split_documents(n_docs: int, lang: str, eval_documents: int) -> tuple[np.nda
 
 class LanguageWindows:
     def __init__(self, store: LanguageStore, doc_ids: np.ndarray, raw_len: int, seed: int,
-                 special: SpecialTokens, shuffle: bool):
+                 special: SpecialTokens, shuffle: bool, cache_dir: Path | None = None, data_fingerprint: str = ""):
         self.store, self.doc_ids, self.raw_len = store, doc_ids, raw_len
         self.seed, self.special, self.shuffle = seed, special, shuffle
         self.framed = store.doc_lengths[doc_ids] + FRAME  # [n] int64
         self.tokens_per_epoch = int(self.framed.sum())
         self.samples_per_epoch = math.ceil(self.tokens_per_epoch / raw_len)
+        self.cache_dir = cache_dir
+        self._cache_key = [INDEX_VERSION, data_fingerprint, store.lang, raw_len, seed,
+                           hashlib.sha256(np.ascontiguousarray(doc_ids, dtype=np.int64).tobytes()).hexdigest()]
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
     def __getstate__(self) -> dict:
@@ -52,14 +61,33 @@ class LanguageWindows:
         if e not in self._epochs:
             n = len(self.doc_ids)
             if self.shuffle:
-                rng = np.random.default_rng([self.seed, language_seed(self.store.lang), e])
-                order, windows = rng.permutation(n), rng.permutation(self.samples_per_epoch)
+                order, windows = self._shuffled(e)
             else:
                 order, windows = np.arange(n), np.arange(self.samples_per_epoch)
             self._epochs[e] = (order, np.cumsum(self.framed[order]), windows)
             if len(self._epochs) > EPOCHS_KEPT:
                 self._epochs.popitem(last=False)
         return self._epochs[e]
+
+    def _shuffled(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.doc_ids)
+        path = None
+        if self.cache_dir is not None:
+            key = hashlib.sha256(json.dumps([*self._cache_key, e]).encode()).hexdigest()[:24]
+            path = self.cache_dir / f"{self.store.lang}-epoch{e}-{key}.npy"
+            if path.is_file():
+                both = np.load(path, mmap_mode="r")
+                if both.shape == (n + self.samples_per_epoch,):
+                    return both[:n], both[n:]
+        rng = np.random.default_rng([self.seed, language_seed(self.store.lang), e])
+        order, windows = rng.permutation(n), rng.permutation(self.samples_per_epoch)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique across hosts sharing the dir
+            with open(tmp, "wb") as out:
+                np.save(out, np.concatenate([order, windows]))
+            tmp.replace(path)
+        return order, windows
 
     def window(self, k: int) -> list[np.ndarray]:
         """The k-th window of this language's infinite epoch sequence, one array per document piece."""

@@ -154,7 +154,8 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
     languages = sorted(store.languages)
     splits = {lang: split_documents(store.languages[lang].n_docs, lang, cfg.eval_documents) for lang in languages}
     train = [LanguageWindows(store.languages[lang], splits[lang][0], raw_len, seed, DEFAULT_SPECIAL_TOKENS,
-                             shuffle=True) for lang in languages]
+                             shuffle=True, cache_dir=Path(cfg.cache_dir) / "index", data_fingerprint=store.fingerprint)
+             for lang in languages]
     weights = mixture_weights({lang: w.tokens_per_epoch for lang, w in zip(languages, train)},
                               cfg.alpha, cfg.weights)
     mixture = Mixture(weights, {lang: w.samples_per_epoch for lang, w in zip(languages, train)},
