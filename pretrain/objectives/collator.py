@@ -65,17 +65,7 @@ class GLMCollator:
         docs = Documents.from_rows([s.documents for s in samples], rng.keys(self.seed, sample_ids),
                                    self.special.cls)
         row_strategy = self.row_strategies(sample_ids)
-        doc_strategy = row_strategy[docs.row]
-        starts, ends, mask_ids = [], [], []
-        for index, strategy in enumerate(self.strategies):
-            chosen = doc_strategy == index
-            if chosen.any():
-                start, end, fallbacks = strategy.spans(docs.select(chosen))
-                starts.append(start), ends.append(end), mask_ids.append(np.full(len(start), strategy.mask_id))
-                self.stats["span_fallbacks"] += fallbacks
-        by_start = np.argsort(np.concatenate(starts), kind="stable")
-        start, end = np.concatenate(starts)[by_start], np.concatenate(ends)[by_start]
-        mask_id = np.concatenate(mask_ids)[by_start]
+        start, end, mask_id = self._draw_spans(docs, row_strategy)
 
         span_doc = np.searchsorted(docs.start, start, side="right") - 1
         row_text = np.bincount(docs.row, weights=docs.length, minlength=n_rows).astype(np.int64)
@@ -86,6 +76,7 @@ class GLMCollator:
         seg_lengths, seg_rows = segments(docs.length, docs.row, n_rows, self.cfg.layout)
         seg_first_tok = np.r_[0, np.cumsum(seg_lengths)[:-1]]
         span_seg = np.searchsorted(seg_first_tok, start, side="right") - 1
+        # Part-B order per segment, keyed by its document (packed) or its row (legacy).
         seg_key = docs.key if self.cfg.layout == "packed" else docs.row_key
         rank = part_b_rank(span_seg, seg_key[span_doc], self.cfg.shuffle_order)
         batch = layout_rows(docs.tokens, seg_lengths, seg_rows, n_rows, self.seq_len,
@@ -100,6 +91,22 @@ class GLMCollator:
         self.stats["too_short"] += int((docs.maskable < 1).sum())
         self.stats["context_only"] += int((masked_docs == 0).sum())
         return batch
+
+    def _draw_spans(self, docs: Documents, row_strategy: np.ndarray):
+        """(start, end, mask id) of every span of the batch, sorted by start."""
+        doc_strategy = row_strategy[docs.row]
+        starts, ends, mask_ids = [], [], []
+        for index, strategy in enumerate(self.strategies):
+            chosen = doc_strategy == index
+            if chosen.any():
+                start, end, fallbacks = strategy.spans(docs.select(chosen))
+                starts.append(start)
+                ends.append(end)
+                mask_ids.append(np.full(len(start), strategy.mask_id))
+                self.stats["span_fallbacks"] += fallbacks
+        by_start = np.argsort(np.concatenate(starts), kind="stable")
+        return (np.concatenate(starts)[by_start], np.concatenate(ends)[by_start],
+                np.concatenate(mask_ids)[by_start])
 
     def _check(self, samples: Sequence[TextSample]) -> None:
         if len(samples) == 0:

@@ -49,11 +49,12 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     positions 0, loss 0). Returns numpy arrays [n_rows, seq_len] keyed as the batch dict, with
     ``segment_ids`` counting segments inside each row from 0. Raises ValueError if a row does not fit.
 
-    The output is a sequence of runs, each copying a contiguous stretch of a source table:
-    per segment, the text pieces of Part A (text before a span plus the span's first token, which
-    the table's second copy of the text holds as the mask token; then the text after the last span), then per Part-B slot a
-    sop run and the span's text; per row a padding run. Every output array is then a few
-    ``np.repeat`` of per-run values over the whole batch (K spans, G segments, R = 3K + G + B runs).
+    The output is a sequence of runs, each copying a contiguous stretch of a source table. Per
+    segment: the pieces of Part A (the text before a span plus the span's first token, which the
+    table's second copy of the text holds as the mask token; then the text after the last span),
+    then per Part-B slot a sop run and the span's text; per row a padding run. Every output array
+    is then a few ``np.repeat`` of per-run values over the whole batch (R = 3K + G + B runs for
+    K spans, G segments, B rows).
     """
     n_tok, n_seg, n_span = len(tokens), len(seg_lengths), len(spans.start)
     span_len = spans.end - spans.start                                                # [K]

@@ -62,12 +62,13 @@ def length_cdf(poisson_lambda: float, max_length: int) -> np.ndarray:
 def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Poisson spans covering at least ``ratio`` of each row's tokens, placed per document.
 
-    Lengths are drawn from one stream per row until the row's covered count reaches ``ratio`` of
-    its tokens (GLM's stopping rule); document d of the row takes the draws that carry the
-    running count past ``ratio * (tokens of documents 0..d)``, so every document gets its share
-    and the row as a whole stops exactly as GLM does. Inside a document, spans keep >= 1 unmasked
-    token between them and are placed uniformly (reference ``sample_spans``). Spans that do not
-    fit their document are dropped from the end of its list (counted as fallbacks).
+    Lengths are drawn from one stream per row until the covered count reaches ``ratio`` of the
+    row's tokens (GLM's stopping rule, with ratio * n instead of int(ratio * n)). Document d of the
+    row takes the draws that carry the running count past ``ratio * (tokens of documents 0..d)``:
+    every document gets its share (GLM gave nearly all spans to a row's longest document) and the
+    row as a whole stops as GLM does. Inside a document, spans keep >= 1 unmasked token between
+    them and are placed uniformly (reference ``sample_spans``). Spans that do not fit their
+    document are dropped from the end of its list (counted as fallbacks).
     Returns (start, end) sorted by start, and the number of documents that needed the fallback.
     """
     n_doc = len(docs.start)
@@ -113,6 +114,7 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
     slack = docs.maskable - np.bincount(span_doc, weights=span_len + 1, minlength=n_doc).astype(np.int64) + 1
     place_u = rng.uniform(docs.row_key[span_doc], rng.STREAM_SPAN_PLACE, draw - draw_first[doc_row[span_doc]])
     place = (place_u * (slack[span_doc] + 1)).astype(np.int64)
-    place = np.sort(span_doc * (int(slack.max(initial=0)) + 1) + place) % (int(slack.max(initial=0)) + 1)
+    width = int(slack.max(initial=0)) + 1
+    place = np.sort(span_doc * width + place) % width          # sorted places inside each document
     start = docs.lo[span_doc] + place + before
     return start, start + span_len, n_fallback
