@@ -41,6 +41,8 @@ def split_documents(n_docs: int, lang: str, eval_documents: int) -> tuple[np.nda
 
 
 class LanguageWindows:
+    """One language's documents (a train or held-out subset) as an endless sequence of windows."""
+
     def __init__(self, store: LanguageStore, doc_ids: np.ndarray, raw_len: int, seed: int,
                  special: SpecialTokens, shuffle: bool, cache_dir: Path | None = None, data_fingerprint: str = ""):
         self.store, self.doc_ids, self.raw_len = store, doc_ids, raw_len

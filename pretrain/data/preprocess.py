@@ -53,7 +53,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _write_shard(encoded: datasets.Dataset, root: Path, lang: str, name: str, key: str,
-                 dtype: np.dtype) -> dict:
+                 dtype: np.dtype, rows: tuple[int, int]) -> dict:
     bin_path, idx_path, meta_path = shard_files(root, lang, name)
     lengths, n_chars, empty = [], 0, 0
     tmp_bin = bin_path.with_name(f".{bin_path.name}.tmp{os.getpid()}")
@@ -71,7 +71,7 @@ def _write_shard(encoded: datasets.Dataset, root: Path, lang: str, name: str, ke
         np.save(out, offsets)
     tmp_bin.replace(bin_path)
     tmp_idx.replace(idx_path)
-    meta = {"name": name, "key": key, "n_docs": len(lengths), "n_tokens": int(offsets[-1]),
+    meta = {"name": name, "key": key, "rows": list(rows), "n_docs": len(lengths), "n_tokens": int(offsets[-1]),
             "n_chars": n_chars, "skipped_empty": empty,
             "bin_sha256": file_sha256(bin_path), "idx_sha256": file_sha256(idx_path)}
     _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
@@ -110,7 +110,7 @@ def write_language(source: LanguageSource, root: Path, tokenizer_path: Path, tok
                                features=datasets.Features({"ids": datasets.List(datasets.Value(dtype.name)),
                                                            "n_chars": datasets.Value("int64")}),
                                desc=f"tokenize {source.lang}/{name}")
-            meta = _write_shard(encoded, root, source.lang, name, key, dtype)
+            meta = _write_shard(encoded, root, source.lang, name, key, dtype, (start, end))
         shards.append(meta)
     return shards
 
