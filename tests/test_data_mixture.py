@@ -78,3 +78,10 @@ def test_a_language_too_small_for_the_block_is_refused_not_dropped():
 def test_cap_for_unknown_language_is_refused():
     with pytest.raises(ValueError, match=r"max_epochs given for language\(s\) \['xx'\]"):
         Mixture({"a": 1.0}, {"a": 5}, {"xx": 1.0}, block=4)
+
+
+def test_used_before_counts_each_languages_samples_in_a_prefix():
+    mixture = Mixture({"big": 0.5, "small": 0.5}, {"big": 1000, "small": 10}, {"small": 3.0}, block=16)
+    located = [mixture.locate(g)[0] for g in range(300)]
+    for g in (0, 7, 16, 45, 46, 47, 299):
+        assert mixture.used_before(g) == {"big": located[:g].count(0), "small": located[:g].count(1)}

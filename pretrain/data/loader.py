@@ -114,10 +114,17 @@ class PretrainLoader:
                 f"training data exhausted after {self.consumed_samples} samples: every language reached "
                 f"its data.max_epochs cap; raise the caps or train for fewer steps")
 
+    def language_epochs(self) -> dict[str, float]:
+        """Passes over each language's training data so far (for logging; tail languages repeat)."""
+        used = self.dataset.index.used_before(self.consumed_samples)
+        return {lang: used[lang] / w.samples_per_epoch for lang, w in zip(self.languages, self.dataset.windows)}
+
     def state_dict(self) -> dict:
-        return {**self.identity, "consumed_samples": self.consumed_samples,
-                "micro_batch_size": self.micro_batch_size, "dp_size_at_save": self.dp_size,
-                "mixture_weights": self.mixture_weights}  # the last three are informational
+        informational = {"micro_batch_size": self.micro_batch_size, "dp_size_at_save": self.dp_size,
+                         "mixture_weights": self.mixture_weights}
+        if self.split == "train":
+            informational["language_epochs"] = self.language_epochs()
+        return {**self.identity, "consumed_samples": self.consumed_samples, **informational}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state['consumed_samples']``; refuses a state from a different data stream."""

@@ -144,6 +144,14 @@ class Mixture:
         lang = int(segment.slot_language[slot])
         return lang, int(segment.base[lang] + block * segment.counts[lang] + segment.slot_local[slot])
 
+    def used_before(self, sample_id: int) -> dict[str, int]:
+        """Samples of each language among global ids [0, sample_id)."""
+        segment = self.segments[bisect.bisect_right(self._starts, sample_id) - 1]
+        blocks, rest = divmod(sample_id - segment.start, self.block)
+        used = segment.base + blocks * segment.counts + np.bincount(segment.slot_language[:rest],
+                                                                    minlength=len(self.languages))
+        return {lang: int(n) for lang, n in zip(self.languages, used)}
+
     def describe(self) -> dict:
         return {"weights": self.weights, "max_epochs": self.max_epochs, "block": self.block,
                 "samples_per_epoch": self.samples_per_epoch, "total_samples": self.total_samples,
