@@ -1,8 +1,9 @@
 """DCP checkpoints: sharded, reshardable on load, written atomically, last K kept.
 
 Layout of ``<dir>/step_00000010/``: DCP files (model + optimizer, each rank writes its shards),
-``trainer.pt`` (step, scheduler, data-loader state, counters: identical on every rank, written by
-rank 0), ``rng/rank{r}.pt`` (each rank's RNG) and ``complete``. A checkpoint is written under
+``trainer.pt`` (step, which fixes the lr schedule, data-loader state, counters: identical on every
+rank, written by rank 0), ``rng/rank{r}.pt`` (each rank's RNG) and ``complete``. A checkpoint is
+written under
 ``.step_00000010.partial`` and renamed only after every rank finished, so a crash mid-save leaves the
 previous checkpoint untouched and a half-written directory that resume ignores (and rank 0 removes).
 Resharding (e.g. save with TP=2, load with TP=1) is DCP's: state dicts are keyed by FQN and hold
@@ -22,13 +23,17 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{8})$")
 COMPLETE = "complete"
 TRAINER_STATE = "trainer.pt"
+# Optimizer state keyed per parameter FQN ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"), not by
+# param-group position: the optimizer's groups depend on the mesh layout (optim.py), so a checkpoint
+# must not (as torchtitan does).
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -65,7 +70,7 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
         shutil.rmtree(partial, ignore_errors=True)
         (partial / "rng").mkdir(parents=True)
     dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_OPTIONS)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=partial)
     torch.save(_rng_state(), partial / "rng" / f"rank{rank}.pt")
     if rank == 0:
@@ -86,10 +91,11 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Collective: restore model and optimizer (resharded to the current layout) and this rank's RNG;
     return the trainer state. A rank that did not exist in the saved run keeps its fresh RNG."""
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_OPTIONS)
     state = {"model": model_state, "optim": optim_state}
     dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_OPTIONS)
     rng_file = path / "rng" / f"rank{dist.get_rank()}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=False))

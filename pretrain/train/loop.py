@@ -22,7 +22,7 @@ from pretrain.config import Config
 from pretrain.train import checkpoint
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
-from pretrain.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
+from pretrain.train.optim import build_optimizer, clip_grad_norm_, set_lr
 from pretrain.train.setup import Setup, build_setup
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ class Trainer:
         self.s: Setup = build_setup(cfg)  # validates the topology before any heavy work
         s, train = self.s, cfg.train
         self.optimizer = build_optimizer(s.model, train)
-        self.scheduler = build_scheduler(self.optimizer, train)
         self.step = 0
         self.nonfinite_skipped = 0
         self.consecutive_nonfinite = 0
@@ -54,8 +53,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- state
     def trainer_state(self) -> dict:
-        return {"step": self.step, "scheduler": self.scheduler.state_dict(),
-                "loader": self.s.loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped,
+        return {"step": self.step, "loader": self.s.loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped,
                 "consecutive_nonfinite": self.consecutive_nonfinite}
 
     def _resume(self) -> None:
@@ -67,7 +65,6 @@ class Trainer:
             return
         state = checkpoint.load(latest, self.s.model, self.optimizer)
         self.step = state["step"]
-        self.scheduler.load_state_dict(state["scheduler"])
         self.s.loader.load_state_dict(state["loader"])
         self.nonfinite_skipped = state["nonfinite_skipped"]
         self.consecutive_nonfinite = state["consecutive_nonfinite"]
@@ -135,7 +132,7 @@ class Trainer:
         dist.all_reduce(reduced, group=s.dp_group)
         loss_value = reduced[0].item()
         grad_norm = clip_grad_norm_(list(s.model.parameters()), cfg.train.grad_clip).item()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = set_lr(self.optimizer, self.step, cfg.train)
         finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
@@ -143,7 +140,6 @@ class Trainer:
         else:
             self._count_nonfinite(loss_value, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         self.step += 1
         if s.device.type == "cuda":
             torch.cuda.synchronize(s.device)

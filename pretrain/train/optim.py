@@ -1,4 +1,4 @@
-"""AdamW (no decay on norms and biases), linear warmup + cosine schedule, and a gradient-norm clip
+"""AdamW (no decay on norms and biases), linear warmup + cosine schedule (a function of the step), and a gradient-norm clip
 that works when parameters live on different device meshes (TP-sharded weights on (dp, tp),
 replicated norms on dp only)."""
 from __future__ import annotations
@@ -34,8 +34,13 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> float:
+    """Set every group's lr for optimizer step ``step``. The schedule is a pure function of the step,
+    so a checkpoint needs only the step (no scheduler object whose state mirrors the param groups)."""
+    lr = cfg.lr * lr_factor(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 @torch.no_grad()

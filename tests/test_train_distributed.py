@@ -1,0 +1,226 @@
+"""The trainer end to end under torchrun on CPU/gloo: parallel layouts reproduce the single-process
+losses, resume is exact (after a clean stop, a kill -9, across TP sizes), SIGTERM saves and exits,
+metrics.jsonl and TensorBoard hold the scalars.
+
+Every launch costs seconds of imports, so each run directory is made once (module fixtures) and read
+by several tests. All runs: glm-tiny, seq_len 64, global batch 8, 10 steps, fp32.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+STEPS = 10
+# fp32 on CPU: TP/DP change only the summation order (all-reduce, sharded matmuls), so ten steps of
+# AdamW agree to ~5e-7 here; 1e-5 absolute (1.5e-6 relative at loss ~7) is tight enough to catch a
+# wrong normalisation or a missing gradient reduction (those move the loss by >1e-3 within 2 steps).
+LOSS_ATOL = 1e-5
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_config(tmp_path_factory) -> Path:
+    from pretrain.data.corpus import prepare_embedded_corpus
+    cache = tmp_path_factory.mktemp("corpus")
+    prepare_embedded_corpus(cache)  # once, before the launches race for it
+    config = {
+        "model": {"preset": "glm-tiny"},
+        "objective": {"strategy": "glm-10b"},
+        "data": {"cache_dir": str(cache), "num_workers": 0},
+        "train": {"max_steps": STEPS, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 64, "lr": 3e-3,
+                  "warmup_steps": 2, "lr_decay_steps": STEPS, "seed": 0},
+        "checkpoint": {"interval": 5, "keep": 3},
+        "eval": {"interval": 5, "batches": 2},
+        "metrics": {"log_interval": 1},
+    }
+    path = tmp_path_factory.mktemp("config") / "base.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def command(config: Path, run_dir: Path, nproc: int, overrides: list[str]) -> list[str]:
+    launcher = [sys.executable] if nproc == 1 else [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}"]
+    return [*launcher, "-m", "pretrain", "train", "--config", str(config), f"run.dir={run_dir}", *overrides]
+
+
+def train(config: Path, run_dir: Path, nproc: int = 1, *overrides: str) -> Path:
+    result = subprocess.run(command(config, run_dir, nproc, list(overrides)), cwd=ROOT, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return run_dir
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records(run_dir)}
+
+
+def checkpoints(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def resume_from(source: Path, step: int, run_dir: Path) -> Path:
+    """A fresh run directory holding only ``source``'s checkpoint of ``step``."""
+    name = f"step_{step:08d}"
+    shutil.copytree(source / "checkpoints" / name, run_dir / "checkpoints" / name)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(base_config, tmp_path_factory) -> Path:
+    return train(base_config, tmp_path_factory.mktemp("single"))
+
+
+@pytest.fixture(scope="module")
+def tp2(base_config, tmp_path_factory) -> Path:
+    return train(base_config, tmp_path_factory.mktemp("tp2"), 2, "parallel.tp=2")
+
+
+LAYOUTS = {
+    "dp2": (2, ["parallel.tp=1"]),  # one micro-batch per rank instead of two accumulated
+    # 4 processes; sequence parallel and activation checkpointing ride along (same numbers expected)
+    "tp2xdp2_sp_ac": (4, ["parallel.tp=2", "train.micro_batch_size=2", "parallel.sequence_parallel=true",
+                          "train.activation_checkpointing=true"]),
+}
+
+
+@pytest.mark.parametrize("layout", ["tp2", *LAYOUTS])
+def test_parallel_layout_reproduces_single_process_losses(layout, reference, tp2, base_config, tmp_path):
+    run_dir = tp2 if layout == "tp2" else train(base_config, tmp_path, LAYOUTS[layout][0], *LAYOUTS[layout][1])
+    expected, got = losses(reference), losses(run_dir)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=LOSS_ATOL), (layout, step)
+    norms = {r["step"]: r["grad_norm"] for r in records(run_dir)}
+    for r in records(reference):
+        assert norms[r["step"]] == pytest.approx(r["grad_norm"], rel=1e-4), (layout, r["step"])
+
+
+def test_resume_after_stop_is_exact(reference, base_config, tmp_path):
+    """10 steps straight == 5 steps, stop (the process ends), resume in a new process, 5 steps."""
+    run_dir = train(base_config, resume_from(reference, 5, tmp_path))
+    expected, got = losses(reference), losses(run_dir)
+    assert sorted(got) == [6, 7, 8, 9, 10]
+    assert all(got[s] == expected[s] for s in got), (got, expected)
+
+
+def test_resume_across_tp_sizes(tp2, reference, base_config, tmp_path):
+    """Saved with TP=2, resumed with TP=1: DCP reshards model and optimizer state."""
+    got, expected = losses(train(base_config, resume_from(tp2, 5, tmp_path))), losses(reference)
+    assert sorted(got) == [6, 7, 8, 9, 10]
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], abs=LOSS_ATOL)
+
+
+def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if metrics.is_file() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines()
+                                     if l.endswith("}")):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{run_dir} did not reach step {step} in {timeout}s")
+
+
+def test_kill_9_resumes_from_last_complete_checkpoint(reference, base_config, tmp_path):
+    # A long run (same schedule: lr_decay_steps fixes it) checkpointing every 3 steps, killed without
+    # warning once step 4 is logged, i.e. after checkpoint 3 completed and maybe inside a later save.
+    args = command(base_config, tmp_path, 1, ["train.max_steps=1000", "checkpoint.interval=3", "eval.interval=0"])
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_step(tmp_path, 4, process)
+    finally:
+        process.kill()
+        process.wait()
+    complete = [p for p in (tmp_path / "checkpoints").glob("step_*") if (p / "complete").is_file()]
+    last = max(int(p.name[5:]) for p in complete)
+    assert 3 <= last < STEPS, "killed too late to test anything; the kill must land before step 10"
+    train(base_config, tmp_path, 1, "checkpoint.interval=3", "eval.interval=0")
+    expected, got = losses(reference), losses(tmp_path)
+    assert sorted(got) == list(range(1, STEPS + 1))  # re-run steps replace the killed run's lines
+    assert all(got[s] == expected[s] for s in got), (got, expected)
+    assert not list((tmp_path / "checkpoints").glob(".*partial"))
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc), i.e. torchrun's worker processes."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(base_config, tmp_path):
+    """Preemption: SIGTERM reaches one worker; all ranks stop after the same step, save it, exit 0.
+    (Signalling torchrun itself makes torchrun exit 1 by design, whatever the workers do.)"""
+    args = command(base_config, tmp_path, 2, ["parallel.tp=1", "train.max_steps=1000", "checkpoint.interval=0",
+                                              "eval.interval=0"])
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_step(tmp_path, 2, process)
+        workers = child_pids(process.pid)
+        assert len(workers) == 2
+        os.kill(workers[-1], signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-4000:]
+    last_logged = max(losses(tmp_path))
+    assert last_logged < 1000
+    assert checkpoints(tmp_path) == [f"step_{last_logged:08d}"]
+    assert (tmp_path / "checkpoints" / f"step_{last_logged:08d}" / "complete").is_file()
+
+
+def test_metrics_jsonl_and_checkpoints_of_a_run(reference):
+    rows = records(reference)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for row in rows:
+        assert {"loss", "lr", "grad_norm", "tokens_per_s", "tflops", "mfu", "max_memory_gib",
+                "nonfinite_skipped"} <= set(row)
+        assert row["mfu"] is None  # CPU: no peak known and none configured
+        assert row["tokens_per_s"] > 0 and row["tflops"] > 0 and row["nonfinite_skipped"] == 0
+        strategy_losses = {k: v for k, v in row.items() if k.startswith("loss/")}
+        assert strategy_losses and set(strategy_losses) <= {"loss/token", "loss/sentence", "loss/document"}
+    assert len({k for r in rows for k in r if k.startswith("loss/")}) >= 2  # one strategy per global batch
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
+    assert rows[0]["lr"] == pytest.approx(1.5e-3) and rows[1]["lr"] == pytest.approx(3e-3)  # warmup 2 steps
+    evals = [r for r in rows if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [5, 10] and evals[1]["eval/loss"] < evals[0]["eval/loss"]
+    assert checkpoints(reference) == ["step_00000005", "step_00000010"]
+    resolved = yaml.safe_load((reference / "config.yaml").read_text())
+    assert resolved["model"] == {"preset": "glm-tiny"} and resolved["resolved_model"]["vocab_size"] == 2048
+
+
+def test_tensorboard_events_hold_the_scalars(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(reference / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "tflops", "max_memory_gib", "eval/loss",
+            "loss/token"} <= tags
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, STEPS + 1))
+    jsonl = losses(reference)
+    assert all(e.value == pytest.approx(jsonl[e.step], rel=1e-6) for e in events.Scalars("loss"))
