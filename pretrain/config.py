@@ -190,8 +190,9 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             raise ValueError(f"lr_decay_steps={self.lr_decay_steps} must be >= 1 (or null for max_steps)")
-        if not 0 <= self.warmup_steps <= (self.lr_decay_steps or self.max_steps):
-            raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, lr_decay_steps or max_steps]")
+        if self.warmup_steps < 0 or self.warmup_steps > (self.lr_decay_steps or self.warmup_steps):
+            raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, lr_decay_steps="
+                             f"{self.lr_decay_steps}]")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, "
                              f"min_lr_ratio={self.min_lr_ratio}")

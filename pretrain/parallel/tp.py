@@ -28,14 +28,14 @@ _POSITION_TABLES = ("position_embeddings", "block_position_embeddings")
 def check_tp_divisibility(num_heads: int, num_kv_heads: int, ffn_hidden_size: int, vocab_size: int, seq_len: int,
                           tp: int, sequence_parallel: bool) -> None:
     """Raise ValueError naming the first size that tensor parallelism cannot split evenly."""
-    checks = [("model.num_heads", num_heads), ("model.num_kv_heads", num_kv_heads),
-              ("model.ffn_hidden_size", ffn_hidden_size), ("model.vocab_size", vocab_size)]
+    checks = [("model.num_heads", num_heads, ""), ("model.num_kv_heads", num_kv_heads, ""),
+              ("model.ffn_hidden_size", ffn_hidden_size, ""), ("model.vocab_size", vocab_size, "")]
     if sequence_parallel:
-        checks.append(("train.seq_len (sequence parallel)", seq_len))
-    for key, value in checks:
+        checks.append(("train.seq_len", seq_len, " (sequence parallel splits the sequence)"))
+    for key, value, why in checks:
         if value % tp:
-            raise ValueError(f"{key}={value} is not divisible by parallel.tp={tp}; "
-                             f"choose a tp that divides it (or change {key.split(' ')[0]})")
+            raise ValueError(f"{key}={value} is not divisible by parallel.tp={tp}{why}; choose a tp that "
+                             f"divides it or change {key}")
 
 
 def tp_plan(model: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyle]:

@@ -3,11 +3,10 @@
 Layout of ``<dir>/step_00000010/``: DCP files (model + optimizer, each rank writes its shards),
 ``trainer.pt`` (step, which fixes the lr schedule, data-loader state, counters: identical on every
 rank, written by rank 0), ``rng/rank{r}.pt`` (each rank's RNG) and ``complete``. A checkpoint is
-written under
-``.step_00000010.partial`` and renamed only after every rank finished, so a crash mid-save leaves the
-previous checkpoint untouched and a half-written directory that resume ignores (and rank 0 removes).
-Resharding (e.g. save with TP=2, load with TP=1) is DCP's: state dicts are keyed by FQN and hold
-DTensors whose placements describe the saved layout.
+written under ``.step_00000010.partial`` and renamed only after every rank finished, so a crash
+mid-save leaves the previous checkpoint untouched and a half-written directory that resume ignores
+(and rank 0 removes). Resharding (e.g. save with TP=2, load with TP=1) is DCP's: state dicts are
+keyed by FQN and hold DTensors whose placements describe the saved layout.
 """
 from __future__ import annotations
 
