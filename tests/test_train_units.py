@@ -120,8 +120,8 @@ def test_peak_flops_and_console_line():
     assert peak_tflops(torch.device("cpu"), None) is None
     assert peak_tflops(torch.device("cpu"), 50.0) == 50.0
     line = console_line({"step": 3, "loss": 2.5, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 1000.0,
-                         "tflops": 1.5, "mfu": 0.25, "max_memory_gib": 1.0, "nonfinite_skipped": 0}, 10)
-    assert line == ("step 3/10 | loss 2.5000 | lr 1.00e-03 | gnorm 0.500 | 1000 tok/s | 1.50 TFLOP/s | "
+                         "tflops": 1.52, "mfu": 0.25, "max_memory_gib": 1.0, "nonfinite_skipped": 0}, 10)
+    assert line == ("step 3/10 | loss 2.5000 | lr 1.00e-03 | gnorm 0.500 | 1000 tok/s | 1.52 TFLOP/s | "
                     "mfu 25.0% | mem 1.00 GiB")
 
 
@@ -195,3 +195,9 @@ def test_keep_last_k_checkpoints(trainer_factory, tmp_path):
     trainer = trainer_factory(tmp_path, "checkpoint.interval=1", "checkpoint.keep=2", "train.max_steps=3")
     assert trainer.train() == 3
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_run_configs_load(path):
+    cfg = load_config(path)
+    validate_topology(cfg, world=cfg.parallel.tp * 2)

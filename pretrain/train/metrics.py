@@ -79,7 +79,7 @@ def console_line(record: dict[str, Any], max_steps: int) -> str:
     if "eval/loss" in record:
         parts.append(f"eval loss {record['eval/loss']:.4f}")
     for key, fmt in (("lr", "lr {:.2e}"), ("grad_norm", "gnorm {:.3f}"), ("tokens_per_s", "{:.0f} tok/s"),
-                     ("tflops", "{:.2f} TFLOP/s"), ("mfu", "mfu {:.1%}"), ("max_memory_gib", "mem {:.2f} GiB")):
+                     ("tflops", "{:.3g} TFLOP/s"), ("mfu", "mfu {:.1%}"), ("max_memory_gib", "mem {:.2f} GiB")):
         if record.get(key) is not None:
             parts.append(fmt.format(record[key]))
     if record.get("nonfinite_skipped"):

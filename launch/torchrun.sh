@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Launch `python -m pretrain train` with torchrun, on one node or on several.
+#
+#   launch/torchrun.sh CONFIG [section.key=value ...]
+#
+# One node:   NPROC_PER_NODE=8 launch/torchrun.sh configs/glm-large.yaml
+# Several:    run the same command on every node with NNODES, NODE_RANK and MASTER_ADDR set
+#             (MASTER_PORT defaults to 29500), e.g. NNODES=4 NODE_RANK=1 MASTER_ADDR=node0 ...
+# Keep parallel.tp <= NPROC_PER_NODE: tp is the inner mesh dimension, so TP stays inside a node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${1:?usage: launch/torchrun.sh CONFIG [section.key=value ...]}
+shift
+PYTHON=${PYTHON:-.venv/bin/python}
+NPROC_PER_NODE=${NPROC_PER_NODE:-$( (command -v nvidia-smi >/dev/null && nvidia-smi -L | wc -l) || echo 2)}
+NNODES=${NNODES:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+if [ "$NNODES" = 1 ]; then
+    RDZV=(--standalone)
+else
+    RDZV=(--nnodes="$NNODES" --node_rank="${NODE_RANK:?set NODE_RANK}" --rdzv_backend=c10d
+          --rdzv_endpoint="${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}" --rdzv_id="${RDZV_ID:-glm-pretrain}")
+fi
+exec "$PYTHON" -m torch.distributed.run "${RDZV[@]}" --nproc_per_node="$NPROC_PER_NODE" \
+    -m pretrain train --config "$CONFIG" "$@"
