@@ -1,6 +1,7 @@
 """GLM attention backends against the dense reference (forward and backward), and the rule itself."""
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from pretrain.model.attention import build_attention, glm_dense_mask, visible_pairs
@@ -106,3 +107,20 @@ def test_sdpa_rejects_layouts_it_cannot_compute():
         build_attention("fast", split_segment, torch.zeros(1, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="bool"):
         build_attention("dense", split_segment, torch.zeros(1, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("prefix_len", [0, 1, 17])
+def test_prefix_causal_cpu_merge_matches_lower_right_sdpa(prefix_len):
+    """The CPU log-sum-exp merge and the lower-right causal SDPA (the CUDA branch) are one function."""
+    from torch.nn.attention.bias import causal_lower_right
+    from pretrain.model.attention import prefix_causal_attention
+
+    q, k, v = heads_first(qkv(7, 2, 23 + prefix_len, q_heads=3, kv_heads=3))
+    q_own = q[:, :, prefix_len:]
+    grad_out = torch.randn_like(q_own)
+    ours = prefix_causal_attention(q_own, k, v, prefix_len)
+    ref = F.scaled_dot_product_attention(q_own, k, v, attn_mask=causal_lower_right(23, 23 + prefix_len))
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    for grad, ref_grad in zip(torch.autograd.grad(ours, (q, k, v), grad_out),
+                              torch.autograd.grad(ref, (q, k, v), grad_out)):
+        torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=1e-5)

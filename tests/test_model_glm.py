@@ -52,8 +52,10 @@ def test_sdpa_matches_dense_reference_forward_and_backward(glm_random_layout, va
             (logits * weights).sum().backward()
             results[backend] = (logits, {n: p.grad.clone() for n, p in model.named_parameters()})
         torch.testing.assert_close(results["sdpa"][0], results["dense"][0], atol=1e-5, rtol=1e-5)
-        for name, grad in results["sdpa"][1].items():
-            torch.testing.assert_close(grad, results["dense"][1][name], atol=1e-5, rtol=1e-5, msg=name)
+        for name, grad in results["sdpa"][1].items():  # fp32 summation-order noise: atol scales with the tensor
+            ref = results["dense"][1][name]
+            torch.testing.assert_close(grad, ref, atol=1e-6 * max(ref.abs().max().item(), 1.0), rtol=1e-5,
+                                       msg=name)
 
 
 @torch.no_grad()
@@ -82,16 +84,16 @@ def _segment_changes(batch, row, position):
     return same & (torch.arange(len(segment_ids)) >= position)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "dense"])
+@pytest.mark.parametrize("backend,variant", [("sdpa", "glm1"), ("sdpa", "glm4"), ("dense", "glm1")])
 @torch.no_grad()
-def test_a_token_only_influences_what_the_rule_lets_see_it(glm_random_layout, backend):
+def test_a_token_only_influences_what_the_rule_lets_see_it(glm_random_layout, backend, variant):
     """Part-B edits never reach Part A or earlier Part-B tokens; no edit crosses segments; pads reach nobody."""
-    for variant in ("glm1", "glm4"):
-        model = make_model(variant)
-        batch = make_batch(glm_random_layout, 11)
+    model = make_model(variant)
+    for seed in (11, 12):
+        batch = make_batch(glm_random_layout, seed)
         base = logits_with(model, backend, batch)
         for row in range(3):
-            for position in range(0, 48, 5):
+            for position in range(seed % 2, 48, 8):
                 changed = (logits_with(model, backend, _edit_token(batch, row, position)) - base).abs().amax(-1)
                 allowed = _segment_changes(batch, row, position)
                 assert (changed[row][~allowed] == 0).all(), (variant, row, position)

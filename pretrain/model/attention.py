@@ -6,9 +6,9 @@
 A backend object is built once per batch from (segment_ids, part_a) and then called by every layer:
     flex   FlexAttention with a BlockMask (compiled kernel; skips fully masked blocks). GPU fast path;
            on CPU torch 2.13 has no Flex backward.
-    sdpa   per segment: Part-A queries over Part-A keys unmasked, Part-B queries causally over the
-           whole segment (so nothing S×S is built); trains anywhere. Needs Part A before Part B in
-           each segment, which is the collator's layout.
+    sdpa   per segment: Part-A queries over Part-A keys unmasked, Part-B queries over the segment
+           lower-right causal (nothing S×S is built, no masked pair computed); trains anywhere.
+           Needs Part A before Part B in each segment, which is the collator's layout.
     dense  an explicit [B, S, S] boolean mask; the reference for tests only.
 Inputs are q [B, Hq, S, D], k and v [B, Hkv, S, D]; head counts come from the shapes (TP shards them).
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 BACKENDS = ("flex", "sdpa", "dense")
 
@@ -120,11 +121,8 @@ def segment_runs(segment_ids: torch.Tensor, part_a: torch.Tensor) -> list[list[R
 
 
 class SegmentSDPAAttention:
-    """Per segment, two SDPA calls with no mask tensor at all:
-    Part-A queries over Part-A keys (bidirectional) and the whole segment with is_causal, of which only
-    the Part-B rows are kept (= Part-B queries over A+B keys, lower-right causal). The price is the
-    causal triangle over the Part-A rows, computed and dropped: a²/2 extra pairs for a Part A of length a.
-    """
+    """Per segment: Part-A queries over Part-A keys (one unmasked SDPA call) and Part-B queries over the
+    segment's keys with a lower-right causal mask (``prefix_causal_attention``). No mask tensor is built."""
 
     def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor):
         self.layout = segment_runs(segment_ids, part_a)  # one host sync per batch, not per layer
@@ -136,22 +134,67 @@ class SegmentSDPAAttention:
         groups = q.shape[1] // k.shape[1]
         rows = []
         for b, runs in enumerate(self.layout):
-            qb, kb, vb = q[b:b + 1], k[b:b + 1], v[b:b + 1]  # [1, H, S, D]
+            # [1, H, S, D]; kv heads repeated to the query heads (the CPU kernels below take no GQA)
+            qb = q[b:b + 1]
+            kb, vb = (t[b:b + 1].repeat_interleave(groups, dim=1) if groups > 1 else t[b:b + 1] for t in (k, v))
             pieces = []
             for run in runs:
                 if run.padding:  # attends only to itself: the output is its own value
-                    pieces.append(vb[:, :, run.start:run.end].repeat_interleave(groups, dim=1))
+                    pieces.append(vb[:, :, run.start:run.end])
                     continue
-                part_a, segment = slice(run.start, run.split), slice(run.start, run.end)
+                part_a, part_b, segment = (slice(run.start, run.split), slice(run.split, run.end),
+                                           slice(run.start, run.end))
                 if run.split > run.start:
-                    pieces.append(F.scaled_dot_product_attention(
-                        qb[:, :, part_a], kb[:, :, part_a], vb[:, :, part_a], enable_gqa=True))
+                    pieces.append(F.scaled_dot_product_attention(qb[:, :, part_a], kb[:, :, part_a], vb[:, :, part_a]))
                 if run.end > run.split:
-                    causal = F.scaled_dot_product_attention(
-                        qb[:, :, segment], kb[:, :, segment], vb[:, :, segment], is_causal=True, enable_gqa=True)
-                    pieces.append(causal[:, :, run.split - run.start:])
+                    pieces.append(prefix_causal_attention(qb[:, :, part_b], kb[:, :, segment], vb[:, :, segment],
+                                                          prefix_len=run.split - run.start))
             rows.append(torch.cat(pieces, dim=2))
         return torch.cat(rows, dim=0)
+
+
+def prefix_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """q [.., Lq, D] are the last Lq positions of k, v [.., prefix_len + Lq, D]: query i sees keys
+    0 .. prefix_len + i (lower-right causal). Only visible pairs are computed, with linear memory:
+    CUDA kernels take the lower-right alignment directly; on CPU SDPA would materialise that mask, so
+    the prefix and the causal part run as two flash calls merged by their log-sum-exp."""
+    if prefix_len == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if q.device.type == "cpu":
+        return _PrefixCausalCPU.apply(q, k[..., :prefix_len, :], v[..., :prefix_len, :],
+                                      k[..., prefix_len:, :], v[..., prefix_len:, :])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]))
+
+
+class _PrefixCausalCPU(torch.autograd.Function):
+    """softmax over [prefix keys (all) ; own keys (causal)] from two CPU flash-attention calls.
+
+    Forward merges the partial outputs with weights exp(lse_part − lse). Backward is exact because the
+    flash backward of each part, given the *merged* output and log-sum-exp, yields that part's share of
+    the gradient (the ring-attention identity); the two dq add up.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k_prefix, v_prefix, k_own, v_own):
+        out_prefix, lse_prefix = _cpu_flash(q, k_prefix, v_prefix, 0.0, False)
+        out_own, lse_own = _cpu_flash(q, k_own, v_own, 0.0, True)
+        lse = torch.logaddexp(lse_prefix, lse_own)  # [B, H, Lq] float32
+        out = (out_prefix.float() * (lse_prefix - lse).exp()[..., None]
+               + out_own.float() * (lse_own - lse).exp()[..., None]).to(q.dtype)
+        ctx.save_for_backward(q, k_prefix, v_prefix, k_own, v_own, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k_prefix, v_prefix, k_own, v_own, out, lse = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        dq_prefix, dk_prefix, dv_prefix = _cpu_flash_backward(grad_out, q, k_prefix, v_prefix, out, lse, 0.0, False)
+        dq_own, dk_own, dv_own = _cpu_flash_backward(grad_out, q, k_own, v_own, out, lse, 0.0, True)
+        return dq_prefix + dq_own, dk_prefix, dv_prefix, dk_own, dv_own
+
+
+_cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_cpu_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
 @functools.cache
