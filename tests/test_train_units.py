@@ -200,4 +200,4 @@ def test_keep_last_k_checkpoints(trainer_factory, tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_run_configs_load(path):
     cfg = load_config(path)
-    validate_topology(cfg, world=cfg.parallel.tp * 2)
+    validate_topology(cfg, world_size=cfg.parallel.tp * 2)
