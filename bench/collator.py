@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/collator.py [--seconds 2] [--batch 64]
 
 Both sides get random-token documents and produce padded batches of torch tensors in one process.
-Throughput (best of 5 windows) counts raw text tokens consumed per second (the work of turning text into rows) and, for
+Throughput (per CPU second, best of 5 windows) counts raw text tokens consumed per second (the work of turning text into rows) and, for
 GLMCollator, also row tokens (batch * seq_len) per second. The baseline is measured in the same run
 so the ratio does not depend on the machine's load.
 """
@@ -131,18 +131,20 @@ class OriginalTokenMode:
 
 
 def best_rates(steps: dict, seconds: float, repeats: int = 5) -> dict:
-    """Calls per second of each step: best of ``repeats`` windows, the steps interleaved window by
-    window so that load from other processes hits all of them alike."""
+    """Calls per CPU second of each step: best of ``repeats`` windows, the steps interleaved window
+    by window. CPU time of this process (not wall time) so that other processes taking the cores
+    of a shared machine do not count; the interleaving spreads what remains (caches, memory
+    bandwidth) over all steps alike."""
     for step in steps.values():
         step()  # warm-up
     best = dict.fromkeys(steps, 0.0)
     for _ in range(repeats):
         for name, step in steps.items():
-            calls, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds / repeats:
+            calls, start = 0, time.process_time()
+            while time.process_time() - start < seconds / repeats:
                 step()
                 calls += 1
-            best[name] = max(best[name], calls / (time.perf_counter() - start))
+            best[name] = max(best[name], calls / (time.process_time() - start))
     return best
 
 
