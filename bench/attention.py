@@ -3,7 +3,8 @@
 row (Part A ≈ 85 %) and a document-mode row (Part A ≈ 25 %).
 
     .venv/bin/python bench/attention.py                       # CPU: the sdpa backend
-    .venv/bin/python bench/attention.py --backends sdpa flex  # CUDA: both (flex has no CPU backward)
+    .venv/bin/python bench/attention.py --backends sdpa flex  # CUDA: both
+    .venv/bin/python bench/attention.py --backends sdpa flex --forward-only  # CPU: no Flex backward there
 
 Each measurement runs in a fresh subprocess so that its peak memory (CUDA: max_memory_allocated; CPU:
 the rise of peak RSS over the process's state just before the first call) belongs to it alone.
@@ -43,9 +44,11 @@ def measure(kind: str, seq_len: int, part_a_share: float, args) -> dict:
         attend = None
 
     def step():
-        nonlocal attend
         fn = attend or build_attention(kind, segment_ids, part_a)  # per batch, as the model does
-        fn(q, k, v).sum().backward()
+        with torch.set_grad_enabled(not args.forward_only):
+            out = fn(q, k, v)
+        if not args.forward_only:
+            out.sum().backward()
 
     def sync():
         if device.type == "cuda":
@@ -88,16 +91,18 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--forward-only", action="store_true", help="time the forward pass only (both sides)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, seq_len, share = args.child.split(",")
         print(json.dumps(measure(kind, int(seq_len), float(share), args)))
         return
-    argv = [a for a in sys.argv[1:]]
+    argv = sys.argv[1:]
+    passes = "fwd" if args.forward_only else "fwd+bwd"
     print(f"device={args.device} batch={args.batch} heads={args.heads} head_dim={args.head_dim} "
           f"dtype={args.dtype} repeats={args.repeats} (min time)\n")
-    print("| S | layout | backend | GLM fwd+bwd s | causal fwd+bwd s | GLM / causal pairs | "
+    print(f"| S | layout | backend | GLM {passes} s | causal {passes} s | GLM / causal pairs | "
           "useful throughput GLM / causal | GLM peak MiB | causal peak MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for seq_len in args.seq_lens:

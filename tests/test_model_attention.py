@@ -118,7 +118,8 @@ def test_prefix_causal_cpu_merge_matches_lower_right_sdpa(prefix_len):
     q, k, v = heads_first(qkv(7, 2, 23 + prefix_len, q_heads=3, kv_heads=3))
     q_own = q[:, :, prefix_len:]
     grad_out = torch.randn_like(q_own)
-    ours = prefix_causal_attention(q_own, k, v, prefix_len)
+    ours = prefix_causal_attention(q_own, k[:, :, :prefix_len], v[:, :, :prefix_len], k[:, :, prefix_len:],
+                                   v[:, :, prefix_len:])
     ref = F.scaled_dot_product_attention(q_own, k, v, attn_mask=causal_lower_right(23, 23 + prefix_len))
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
     for grad, ref_grad in zip(torch.autograd.grad(ours, (q, k, v), grad_out),

@@ -132,38 +132,40 @@ class SegmentSDPAAttention:
     @torch.compiler.disable
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         groups = q.shape[1] // k.shape[1]
+        if groups > 1:  # kv heads repeated to the query heads (the CPU kernels below take no GQA)
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         rows = []
-        for b, runs in enumerate(self.layout):
-            # [1, H, S, D]; kv heads repeated to the query heads (the CPU kernels below take no GQA)
-            qb = q[b:b + 1]
-            kb, vb = (t[b:b + 1].repeat_interleave(groups, dim=1) if groups > 1 else t[b:b + 1] for t in (k, v))
+        # unbind/split rather than slicing: their backward is one stack/cat, where every slice's backward
+        # would allocate a zero-filled copy of the whole input
+        for runs, qb, kb, vb in zip(self.layout, q.unbind(0), k.unbind(0), v.unbind(0)):
+            sizes = [size for run in runs for size in (run.split - run.start, run.end - run.split)]
+            q_parts, k_parts, v_parts = (t.unsqueeze(0).split(sizes, dim=2) for t in (qb, kb, vb))  # [1, H, len, D]
             pieces = []
-            for run in runs:
+            for i, run in enumerate(runs):
+                a, b = 2 * i, 2 * i + 1  # this run's Part A and Part B pieces (a pad run is all "Part A")
                 if run.padding:  # attends only to itself: the output is its own value
-                    pieces.append(vb[:, :, run.start:run.end])
+                    pieces.append(v_parts[a])
                     continue
-                part_a, part_b, segment = (slice(run.start, run.split), slice(run.split, run.end),
-                                           slice(run.start, run.end))
                 if run.split > run.start:
-                    pieces.append(F.scaled_dot_product_attention(qb[:, :, part_a], kb[:, :, part_a], vb[:, :, part_a]))
+                    pieces.append(F.scaled_dot_product_attention(q_parts[a], k_parts[a], v_parts[a]))
                 if run.end > run.split:
-                    pieces.append(prefix_causal_attention(qb[:, :, part_b], kb[:, :, segment], vb[:, :, segment],
-                                                          prefix_len=run.split - run.start))
+                    pieces.append(prefix_causal_attention(q_parts[b], k_parts[a], v_parts[a], k_parts[b], v_parts[b]))
             rows.append(torch.cat(pieces, dim=2))
         return torch.cat(rows, dim=0)
 
 
-def prefix_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int) -> torch.Tensor:
-    """q [.., Lq, D] are the last Lq positions of k, v [.., prefix_len + Lq, D]: query i sees keys
-    0 .. prefix_len + i (lower-right causal). Only visible pairs are computed, with linear memory:
+def prefix_causal_attention(q: torch.Tensor, k_prefix: torch.Tensor, v_prefix: torch.Tensor,
+                            k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Queries q [.., L, D] see all of k_prefix/v_prefix [.., P, D] and causally their own k/v [.., L, D]
+    (= lower-right causal over the concatenation). Only visible pairs are computed, in linear memory:
     CUDA kernels take the lower-right alignment directly; on CPU SDPA would materialise that mask, so
     the prefix and the causal part run as two flash calls merged by their log-sum-exp."""
-    if prefix_len == 0:
+    if k_prefix.shape[-2] == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if q.device.type == "cpu":
-        return _PrefixCausalCPU.apply(q, k[..., :prefix_len, :], v[..., :prefix_len, :],
-                                      k[..., prefix_len:, :], v[..., prefix_len:, :])
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]))
+        return _PrefixCausalCPU.apply(q, k_prefix, v_prefix, k, v)
+    keys, values = torch.cat([k_prefix, k], dim=-2), torch.cat([v_prefix, v], dim=-2)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=causal_lower_right(q.shape[-2], keys.shape[-2]))
 
 
 class _PrefixCausalCPU(torch.autograd.Function):
