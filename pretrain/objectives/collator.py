@@ -74,8 +74,7 @@ class GLMCollator:
         start, end, mask_id, span_doc = start[keep], end[keep], mask_id[keep], span_doc[keep]
 
         seg_lengths, seg_rows = segments(docs.length, docs.row, n_rows, self.cfg.layout)
-        seg_first_tok = np.r_[0, np.cumsum(seg_lengths)[:-1]]
-        span_seg = np.searchsorted(seg_first_tok, start, side="right") - 1
+        span_seg = np.searchsorted(np.cumsum(seg_lengths), start, side="right")
         # Part-B order per segment, keyed by its document (packed) or its row (legacy).
         seg_key = docs.key if self.cfg.layout == "packed" else docs.row_key
         rank = part_b_rank(span_seg, seg_key[span_doc], self.cfg.shuffle_order)

@@ -80,7 +80,7 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     pad_run = 3 * seg_first_span[row_first_seg[1:]] + row_first_seg[1:] + np.arange(n_rows)  # [B]
 
     # Run lengths and where they copy from: table = [tokens, tokens with masks at span starts, sop, pads].
-    prev_end = np.where(span_index == 0, seg_first_tok[span_seg], np.r_[0, spans.end[:-1]])
+    prev_end = np.where(span_index == 0, seg_first_tok[span_seg], np.concatenate(([0], spans.end[:-1])))
     has_spans = seg_n_spans > 0
     last_end = np.where(has_spans, spans.end[np.maximum(seg_first_span[1:] - 1, 0)] if n_span else 0,
                         seg_first_tok[:-1])                                           # [G]

@@ -6,7 +6,8 @@ Part-B order, ...) and the index counts draws inside the stream. So a row can be
 any worker, after any resume, and a batch draws all its numbers in a few numpy calls instead of
 constructing one ``np.random.Generator`` per row (which alone costs more than building the row).
 
-The mixing function is SplitMix64's output function: ``uniform(key, s, i)`` is draw number
+Arithmetic wraps modulo 2**64 (numpy array ops never warn about it; inputs are made at least 1-d
+so no scalar op is involved). The mixing function is SplitMix64's output function: ``uniform(key, s, i)`` is draw number
 ``s * 2**32 + i`` of the SplitMix64 sequence seeded with ``key`` (SplitMix64 passes BigCrush).
 """
 from __future__ import annotations
@@ -35,20 +36,17 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 def keys(seed: int, ids: np.ndarray | int) -> np.ndarray:
     """uint64 key per id, for ``seed`` (e.g. ids = sample ids, or sample_id // global_batch_size)."""
-    with np.errstate(over="ignore"):
-        base = _mix(np.asarray([seed % 2 ** 64], dtype=np.uint64) * _GAMMA + _GAMMA)
-        return _mix(base ^ (np.asarray(ids, dtype=np.uint64) + np.uint64(1)) * _GAMMA)
+    base = _mix(np.asarray([seed % 2 ** 64], dtype=np.uint64) * _GAMMA + _GAMMA)
+    return _mix(base ^ (np.atleast_1d(np.asarray(ids, dtype=np.uint64)) + np.uint64(1)) * _GAMMA)
 
 
 def subkeys(parent: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Independent child keys (e.g. one per document of a row) from the parent keys."""
-    with np.errstate(over="ignore"):
-        return _mix(_mix(parent ^ _M2) + (np.asarray(index, dtype=np.uint64) + np.uint64(1)) * _GAMMA)
+    return _mix(_mix(parent ^ _M2) + (np.atleast_1d(np.asarray(index, dtype=np.uint64)) + np.uint64(1)) * _GAMMA)
 
 
 def uniform(key: np.ndarray, stream: int, index: np.ndarray | int = 0) -> np.ndarray:
     """Floats in [0, 1), one per element of ``broadcast(key, index)``, 53 random bits each."""
-    with np.errstate(over="ignore"):
-        counter = np.uint64(stream << 32) + np.asarray(index, dtype=np.uint64)
-        bits = _mix(key + (counter + np.uint64(1)) * _GAMMA)
+    counter = np.atleast_1d(np.asarray(index, dtype=np.uint64)) + np.uint64((stream << 32) + 1)
+    bits = _mix(key + counter * _GAMMA)
     return (bits >> np.uint64(11)).astype(np.float64) * _TO_UNIT

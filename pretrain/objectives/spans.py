@@ -33,7 +33,7 @@ class Documents:
         tokens = np.concatenate([d for docs in rows for d in docs]).astype(np.int64, copy=False)
         start = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], out=start[1:])
-        first_in_row = np.r_[True, row[1:] != row[:-1]]
+        first_in_row = _starts_of_runs(row)
         index_in_row = np.arange(len(row)) - np.maximum.accumulate(np.where(first_in_row, np.arange(len(row)), 0))
         lo = start + (tokens[start] == cls_id)
         return cls(tokens, start, lengths, lo, start + lengths - 1, row,
@@ -47,6 +47,21 @@ class Documents:
     @property
     def maskable(self) -> np.ndarray:
         return np.maximum(self.hi - self.lo, 0)
+
+
+def _starts_of_runs(values: np.ndarray) -> np.ndarray:
+    """True where ``values`` differs from its predecessor (and at 0)."""
+    first = np.empty(len(values), dtype=bool)
+    first[:1] = True
+    np.not_equal(values[1:], values[:-1], out=first[1:])
+    return first
+
+
+def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
+    """[0, x0, x0 + x1, ...] without the total: where each group of sizes ``x`` begins."""
+    out = np.zeros(len(x), dtype=np.int64)
+    np.cumsum(x[:-1], out=out[1:])
+    return out
 
 
 def length_cdf(poisson_lambda: float, max_length: int) -> np.ndarray:
@@ -75,9 +90,9 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
     if n_doc == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, 0
-    first_in_row = np.r_[True, docs.row[1:] != docs.row[:-1]]
+    first_in_row = _starts_of_runs(docs.row)
     row_first_doc = np.flatnonzero(first_in_row)
-    last_in_row = np.r_[row_first_doc[1:] - 1, n_doc - 1]
+    last_in_row = np.append(row_first_doc[1:] - 1, n_doc - 1)
     doc_row = np.cumsum(first_in_row) - 1                                    # [D] local row index
     cum_len = np.cumsum(docs.length)
     row_base_len = (cum_len - docs.length)[row_first_doc]
@@ -85,7 +100,7 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
 
     # One stream of lengths per row; ceil(row target) draws always suffice since every length >= 1.
     n_draw = np.ceil(target[last_in_row]).astype(np.int64)                   # [R]
-    draw_first = np.r_[0, np.cumsum(n_draw)[:-1]]
+    draw_first = _exclusive_cumsum(n_draw)
     draw_row = np.repeat(np.arange(len(n_draw)), n_draw)
     draw_index = np.arange(n_draw.sum()) - draw_first[draw_row]
     draw_key = docs.row_key[row_first_doc][draw_row]
@@ -93,22 +108,22 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
     covered = np.cumsum(lengths)
     covered_before_row = covered[draw_first] - lengths[draw_first]
     doc_end = np.searchsorted(covered, covered_before_row[doc_row] + target, side="left") + 1
-    doc_begin = np.where(first_in_row, draw_first[doc_row], np.r_[0, doc_end[:-1]])
+    doc_begin = np.where(first_in_row, draw_first[doc_row], np.concatenate(([0], doc_end[:-1])))
     n_spans = doc_end - doc_begin                                            # [D]
 
     span_doc = np.repeat(np.arange(n_doc), n_spans)                          # [K]
-    span_first = np.r_[0, np.cumsum(n_spans)[:-1]]
+    span_first = _exclusive_cumsum(n_spans)
     draw = np.arange(len(span_doc)) - span_first[span_doc] + doc_begin[span_doc]
     span_len = lengths[draw]
     # Keep the longest prefix of each document's list that fits with one-token gaps.
     need = np.cumsum(span_len + 1)
     need = need - (need - span_len - 1)[span_first[span_doc]] - 1            # [K] room for spans 0..k
     fits = need <= docs.maskable[span_doc]
-    n_fallback = int(np.unique(span_doc[~fits & (docs.maskable[span_doc] > 0)]).size)
+    n_fallback = int(np.count_nonzero(np.bincount(span_doc[~fits & (docs.maskable[span_doc] > 0)], minlength=n_doc)))
     span_doc, span_len, draw = span_doc[fits], span_len[fits], draw[fits]
 
     n_kept = np.bincount(span_doc, minlength=n_doc)
-    kept_first = np.r_[0, np.cumsum(n_kept)[:-1]]
+    kept_first = _exclusive_cumsum(n_kept)
     room = np.cumsum(span_len + 1)
     before = room - span_len - 1 - (room - span_len - 1)[kept_first[span_doc]]   # [K] sum of (len+1) before
     slack = docs.maskable - np.bincount(span_doc, weights=span_len + 1, minlength=n_doc).astype(np.int64) + 1
