@@ -124,12 +124,13 @@ def rows(draw, seq_len=SEQ_LEN, max_raw=100):
     return samples
 
 
-configs = st.builds(
-    ObjectiveConfig,
-    strategy=st.sampled_from(["glm", "glm-10b", "glm-130b", "token", "sentence", "document", "causal"]),
+STRATEGIES = [("glm", {}), ("glm-10b", {}), ("glm-130b", {}), ("token", {}), ("sentence", {}), ("document", {}),
+              ("causal", {}), ("mixture", {"sentence": 1.0, "causal": 2.0, "token": 1.0})]
+configs = st.sampled_from(STRATEGIES).flatmap(lambda choice: st.builds(
+    ObjectiveConfig, strategy=st.just(choice[0]), mixture=st.just(choice[1]),
     mixture_level=st.sampled_from(["batch", "sample"]), shuffle_order=st.booleans(),
     block_positions=st.booleans(), layout=st.sampled_from(["packed", "legacy"]),
-    mask_ratio=st.sampled_from([0.15, 0.3]), document_min_ratio=st.sampled_from([0.25, 0.5, 1.0]))
+    mask_ratio=st.sampled_from([0.15, 0.3]), document_min_ratio=st.sampled_from([0.25, 0.5, 1.0])))
 
 
 @settings(deadline=None, max_examples=60)

@@ -42,7 +42,8 @@ class GLMCollator:
         self._cum_weights = np.cumsum(list(cfg.weights().values()))
         # rows, documents; too_short: documents without a maskable token; context_only: documents
         # that got no span (Part A only, no loss); span_fallbacks: documents whose drawn spans did
-        # not fit and were reduced; overflow_rows: rows that lost spans to fit seq_len.
+        # not fit and were reduced; overflow_rows: rows that lost spans to fit seq_len. Counted per
+        # process (each DataLoader worker holds its own copy of the collator).
         self.stats: Counter = Counter()
 
     def __call__(self, samples: Sequence[TextSample]) -> dict:
