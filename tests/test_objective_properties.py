@@ -133,7 +133,7 @@ configs = st.sampled_from(STRATEGIES).flatmap(lambda choice: st.builds(
     mask_ratio=st.sampled_from([0.15, 0.3]), document_min_ratio=st.sampled_from([0.25, 0.5, 1.0])))
 
 
-@settings(deadline=None, max_examples=60)
+@settings(deadline=None, max_examples=150)
 @given(cfg=configs, samples=rows(), seed=st.integers(0, 2 ** 32))
 def test_every_strategy_and_switch_keeps_the_invariants(cfg, samples, seed):
     collator = GLMCollator(cfg, SPECIAL, SEQ_LEN, seed=seed, global_batch_size=2, sentence_end_ids=np.array([END]))

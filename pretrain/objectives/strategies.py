@@ -91,6 +91,7 @@ class SentenceStrategy(Strategy):
     def spans(self, docs):
         # A sentence runs from its region start or the token after a sentence end up to and
         # including the next sentence end, or to the region end (a trailing fragment counts).
+        # Regions never touch: each document's last token lies between them.
         edge = np.zeros(len(docs.tokens) + 1, dtype=np.int64)
         np.add.at(edge, docs.lo, 1)  # add.at: an empty region's lo may equal the next one's
         np.add.at(edge, np.maximum(docs.hi, docs.lo), -1)
