@@ -34,10 +34,10 @@ _INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "pa
 
 
 def glm_batches(vocab_size: int, batch: int, seq_len: int, count: int) -> list[dict]:
+    from pretrain.data.config import DataConfig
     from pretrain.data.loader import build_loader
     from pretrain.objectives import GLMCollator, ObjectiveConfig, raw_length, sentence_end_ids
     objective = ObjectiveConfig(strategy="glm-10b")
-    from pretrain.data.config import DataConfig
     geometry = dict(seq_len=seq_len, raw_len=raw_length(objective, seq_len), global_batch_size=batch,
                     micro_batch_size=batch, dp_rank=0, dp_size=1, seed=0)
     loader = build_loader(DataConfig(num_workers=0), lambda samples: samples, **geometry)

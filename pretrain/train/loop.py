@@ -19,6 +19,8 @@ import torch.distributed as dist
 import yaml
 
 from pretrain.config import Config
+from pretrain.model.attention import visible_pairs
+from pretrain.model.flops import flops_per_token
 from pretrain.train import checkpoint
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
@@ -113,9 +115,13 @@ class Trainer:
         cfg, s = self.cfg, self.s
         start = time.perf_counter()
         micro = [next(batches) for _ in range(s.accumulation_steps)]
-        part_b_tokens = torch.stack([b["loss_mask"].sum() for b in micro]).sum().to(s.device, torch.float64)
-        dist.all_reduce(part_b_tokens, group=s.dp_group)  # the whole step's count, known before backward
-        denominator = part_b_tokens.clamp(min=1).float()
+        # [Part-B tokens, real tokens, attended (query, key) pairs] of the whole step over all dp ranks;
+        # the first is the loss denominator, so it must be known before the first backward.
+        counts = torch.tensor([[b["loss_mask"].sum(), (b["segment_ids"] >= 0).sum(),
+                                visible_pairs(b["segment_ids"], b["part_a"]).sum()] for b in micro],
+                              dtype=torch.float64).sum(0).to(s.device)
+        dist.all_reduce(counts, group=s.dp_group)
+        denominator = counts[0].clamp(min=1).float()
         strategies = StrategyLosses(len(s.strategy_names), s.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
         for i, batch in enumerate(micro):
@@ -133,8 +139,7 @@ class Trainer:
         loss_value = reduced[0].item()
         grad_norm = clip_grad_norm_(list(s.model.parameters()), cfg.train.grad_clip).item()
         lr = set_lr(self.optimizer, self.step, cfg.train)
-        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-        if finite:
+        if math.isfinite(loss_value) and math.isfinite(grad_norm):  # the same decision on every rank
             self.optimizer.step()
             self.consecutive_nonfinite = 0
         else:
@@ -143,10 +148,11 @@ class Trainer:
         self.step += 1
         if s.device.type == "cuda":
             torch.cuda.synchronize(s.device)
-        elapsed = time.perf_counter() - start
+        _, tokens, pairs = counts.tolist()
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 **StrategyLosses.means(reduced[1:], s.strategy_names, "loss"),
-                **self._throughput(micro, elapsed), "nonfinite_skipped": self.nonfinite_skipped}
+                **self._throughput(tokens, pairs, time.perf_counter() - start),
+                "nonfinite_skipped": self.nonfinite_skipped}
 
     def _count_nonfinite(self, loss_value: float, grad_norm: float) -> None:
         self.nonfinite_skipped += 1
@@ -160,16 +166,10 @@ class Trainer:
                 f"diverging. Lower train.lr, raise train.warmup_steps or train.grad_clip, or resume from an "
                 f"earlier checkpoint (train.max_consecutive_nonfinite={self.cfg.train.max_consecutive_nonfinite})")
 
-    def _throughput(self, micro: list[dict], elapsed: float) -> dict:
-        """Global tokens/s (real, non-padding tokens) and this device's TFLOP/s and MFU."""
-        from pretrain.model.attention import visible_pairs
-        from pretrain.model.flops import flops_per_token
+    def _throughput(self, tokens: float, pairs: float, elapsed: float) -> dict:
+        """Global tokens/s (real, non-padding tokens) and this device's TFLOP/s and MFU, with the
+        attention term counted from the step's attended pairs (metrics.py)."""
         s = self.s
-        local = torch.tensor([sum(float((b["segment_ids"] >= 0).sum()) for b in micro),
-                              sum(float(visible_pairs(b["segment_ids"], b["part_a"]).sum()) for b in micro)],
-                             dtype=torch.float64, device=s.device)
-        dist.all_reduce(local, group=s.dp_group)
-        tokens, pairs = local.tolist()
         flops = flops_per_token(s.model_cfg, self.cfg.train.seq_len, pairs / max(tokens, 1.0)) * tokens
         tflops = flops / elapsed / s.world_size / 1e12  # per device
         return {"tokens_per_s": tokens / elapsed, "tflops": tflops,

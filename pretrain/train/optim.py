@@ -1,6 +1,6 @@
-"""AdamW (no decay on norms and biases), linear warmup + cosine schedule (a function of the step), and a gradient-norm clip
-that works when parameters live on different device meshes (TP-sharded weights on (dp, tp),
-replicated norms on dp only)."""
+"""AdamW (no decay on norms and biases), linear warmup + cosine schedule (a function of the step),
+and a gradient-norm clip that works when parameters live on different device meshes (TP-sharded
+weights on (dp, tp), replicated norms on dp only)."""
 from __future__ import annotations
 
 import math
