@@ -119,9 +119,9 @@ def test_token_cross_entropy_and_strategy_means():
 def test_peak_flops_and_console_line():
     assert peak_tflops(torch.device("cpu"), None) is None
     assert peak_tflops(torch.device("cpu"), 50.0) == 50.0
-    line = console_line({"step": 3, "loss": 2.5, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 1000.0,
+    line = console_line({"step": 3, "loss": 2.5, "loss/token": 2.25, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 1000.0,
                          "tflops": 1.52, "mfu": 0.25, "max_memory_gib": 1.0, "nonfinite_skipped": 0}, 10)
-    assert line == ("step 3/10 | loss 2.5000 | lr 1.00e-03 | gnorm 0.500 | 1000 tok/s | 1.52 TFLOP/s | "
+    assert line == ("step 3/10 | loss 2.5000 (token 2.250) | lr 1.00e-03 | gnorm 0.500 | 1000 tok/s | 1.52 TFLOP/s | "
                     "mfu 25.0% | mem 1.00 GiB")
 
 
@@ -178,9 +178,10 @@ def trainer_factory(tmp_path_factory, monkeypatch):
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(trainer_factory, tmp_path, monkeypatch):
     from pretrain.train import loop
-    trainer = trainer_factory(tmp_path, "train.max_consecutive_nonfinite=2")
+    trainer = trainer_factory(tmp_path, "train.max_consecutive_nonfinite=2", "metrics.peak_tflops=0.5")
     batches = iter(trainer.s.loader)
-    assert math.isfinite(trainer.train_step(batches)["loss"])
+    first = trainer.train_step(batches)
+    assert math.isfinite(first["loss"]) and first["mfu"] == pytest.approx(first["tflops"] / 0.5)
     before = [p.detach().clone() for p in trainer.s.model.parameters()]
     poisoned = lambda logits, targets: token_cross_entropy(logits, targets) * float("nan")
     monkeypatch.setattr(loop, "token_cross_entropy", poisoned)

@@ -75,7 +75,8 @@ class MetricsWriter:
 def console_line(record: dict[str, Any], max_steps: int) -> str:
     parts = [f"step {record['step']}/{max_steps}"]
     if "loss" in record:
-        parts.append(f"loss {record['loss']:.4f}")
+        per_strategy = ", ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("loss/"))
+        parts.append(f"loss {record['loss']:.4f}" + (f" ({per_strategy})" if per_strategy else ""))
     if "eval/loss" in record:
         parts.append(f"eval loss {record['eval/loss']:.4f}")
     for key, fmt in (("lr", "lr {:.2e}"), ("grad_norm", "gnorm {:.3f}"), ("tokens_per_s", "{:.0f} tok/s"),
