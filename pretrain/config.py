@@ -274,22 +274,21 @@ class ModelSection:
         if preset is not None and not isinstance(preset, str):
             raise ConfigError(f"{where}.preset: expected a preset name, got {preset!r}")
         section = cls(preset, data)
-        try:  # validate now, with a stand-in vocabulary when it comes from the data
-            section.resolve(vocab_size=None if "vocab_size" in data or preset else 64)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{where}: {err}") from err
+        section.resolve(vocab_size=64, where=where)  # validate now, standing in for the tokenizer's vocab
         return section
 
-    def resolve(self, vocab_size: int | None) -> "ModelConfig":
-        """The ModelConfig; ``vocab_size`` (the loader's) fills it in when the section leaves it unset."""
+    def resolve(self, vocab_size: int, where: str = "model") -> "ModelConfig":
+        """The ModelConfig; ``vocab_size`` (the tokenizer's) applies when the section leaves it unset,
+        also over a preset's (which belongs to the preset's original tokenizer)."""
         from pretrain.model.config import ModelConfig
         from pretrain.model.presets import model_config
-        fields = dict(self.fields)
-        if "vocab_size" not in fields and vocab_size is not None:
-            fields["vocab_size"] = vocab_size
-        if self.preset is not None:
+        fields = {"vocab_size": vocab_size, **self.fields}
+        if self.preset is None:
+            return from_dict(ModelConfig, fields, where)
+        try:
             return model_config(self.preset, **fields)
-        return from_dict(ModelConfig, fields, "model")
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{where}: {err}") from err
 
 
 @dataclasses.dataclass

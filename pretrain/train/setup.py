@@ -52,16 +52,17 @@ def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
             f"train.global_batch_size={train.global_batch_size} is not divisible by train.micro_batch_size="
             f"{train.micro_batch_size} x data-parallel size {dims.dp} (world {world_size} / tp {dims.tp}); "
             f"make global_batch_size a multiple of {per_step}")
-    model = cfg.model.resolve(vocab_size=None if "vocab_size" in cfg.model.fields or cfg.model.preset else 64)
-    _check_model_fits(model, cfg, vocab_size=None)
+    # A vocabulary taken from the tokenizer is only known after the loader: stand in one that tp
+    # divides here; build_setup checks the real one.
+    _check_model_fits(cfg.model.resolve(vocab_size=64 * cfg.parallel.tp), cfg)
     return dims
 
 
-def _check_model_fits(model_cfg, cfg: Config, vocab_size: int | None) -> None:
+def _check_model_fits(model_cfg: "ModelConfig", cfg: Config) -> None:
     try:
         check_tp_divisibility(model_cfg.num_heads, model_cfg.num_kv_heads, model_cfg.ffn_hidden_size,
-                              model_cfg.vocab_size if vocab_size is None else vocab_size, cfg.train.seq_len,
-                              cfg.parallel.tp, cfg.parallel.sequence_parallel)
+                              model_cfg.vocab_size, cfg.train.seq_len, cfg.parallel.tp,
+                              cfg.parallel.sequence_parallel)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if model_cfg.position_encoding == "learned_2d" and cfg.train.seq_len > model_cfg.max_position_embeddings:
@@ -108,7 +109,7 @@ def build_setup(cfg: Config) -> Setup:
     if model_cfg.vocab_size < train_loader.vocab_size:
         raise ConfigError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
                           f"{train_loader.vocab_size}; raise it (or remove it to use the tokenizer's)")
-    _check_model_fits(model_cfg, cfg, vocab_size=None)
+    _check_model_fits(model_cfg, cfg)
 
     torch.manual_seed(train.seed)  # the same full initialization on every rank, then sharded
     model = GLMModel(model_cfg).to(device)
