@@ -3,9 +3,9 @@
 Run: .venv/bin/python bench/collator.py [--seconds 2] [--batch 64]
 
 Both sides get random-token documents and produce padded batches of torch tensors in one process.
-Throughput (per CPU second, best of 5 windows) counts raw text tokens consumed per second (the work of turning text into rows) and, for
-GLMCollator, also row tokens (batch * seq_len) per second. The baseline is measured in the same run
-so the ratio does not depend on the machine's load.
+Throughput (per CPU second, best of 5 windows) counts raw text tokens consumed per second (the
+work of turning text into rows) and, for GLMCollator, also row tokens (batch * seq_len) per
+second. The baseline is measured in the same run so the ratio does not depend on the machine.
 """
 from __future__ import annotations
 

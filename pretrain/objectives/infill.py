@@ -73,7 +73,7 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
 
     # Where each run goes in the run sequence.
     seg_run = 3 * seg_first_span[:-1] + np.arange(n_seg) + seg_rows                  # [G] first run
-    span_index = np.arange(n_span) - seg_first_span[span_seg]                         # [K] j-th span of its segment
+    span_index = np.arange(n_span) - seg_first_span[span_seg]                         # [K] index in segment
     piece_run = seg_run[span_seg] + span_index                                        # [K]
     tail_run = seg_run + seg_n_spans                                                  # [G]
     sop_run = tail_run[span_seg] + 1 + 2 * spans.rank                                 # [K]

@@ -6,9 +6,10 @@ Part-B order, ...) and the index counts draws inside the stream. So a row can be
 any worker, after any resume, and a batch draws all its numbers in a few numpy calls instead of
 constructing one ``np.random.Generator`` per row (which alone costs more than building the row).
 
-Arithmetic wraps modulo 2**64 (numpy array ops never warn about it; inputs are made at least 1-d
-so no scalar op is involved). The mixing function is SplitMix64's output function: ``uniform(key, s, i)`` is draw number
-``s * 2**32 + i`` of the SplitMix64 sequence seeded with ``key`` (SplitMix64 passes BigCrush).
+Arithmetic wraps modulo 2**64 (numpy array ops never warn about it; inputs are made at least
+1-d so no scalar op is involved). The mixing function is SplitMix64's output function:
+``uniform(key, s, i)`` is draw number ``s * 2**32 + i`` of the SplitMix64 sequence seeded with
+``key`` (SplitMix64 passes BigCrush).
 """
 from __future__ import annotations
 

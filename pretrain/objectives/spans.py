@@ -119,7 +119,8 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
     need = np.cumsum(span_len + 1)
     need = need - (need - span_len - 1)[span_first[span_doc]] - 1            # [K] room for spans 0..k
     fits = need <= docs.maskable[span_doc]
-    n_fallback = int(np.count_nonzero(np.bincount(span_doc[~fits & (docs.maskable[span_doc] > 0)], minlength=n_doc)))
+    reduced = span_doc[~fits & (docs.maskable[span_doc] > 0)]
+    n_fallback = int(np.count_nonzero(np.bincount(reduced, minlength=n_doc)))
     span_doc, span_len, draw = span_doc[fits], span_len[fits], draw[fits]
 
     n_kept = np.bincount(span_doc, minlength=n_doc)
