@@ -86,7 +86,8 @@ def test_rows_that_overflow_lose_their_last_spans_and_are_counted():
 def test_raw_length_leaves_room_for_part_b():
     cfg = ObjectiveConfig()
     assert raw_length(cfg, 512) == 444 and raw_length(cfg, 2048) == 1818
-    assert raw_length(ObjectiveConfig(strategy="causal"), 512) == 506
+    assert raw_length(ObjectiveConfig(strategy="causal"), 512) == 494   # 9 documents of 64 tokens
+    assert raw_length(ObjectiveConfig(strategy="causal", tokens_per_document=256), 512) == 506
     # the mixture reserves for its most demanding strategy
     assert raw_length(ObjectiveConfig(strategy="glm-130b"), 512) == raw_length(cfg, 512)
     collator = GLMCollator(cfg, S, 512, seed=0, global_batch_size=1)
@@ -94,6 +95,14 @@ def test_raw_length_leaves_room_for_part_b():
     rows = [TextSample(i, [np.r_[S.cls, rng.integers(8, 100, 442), S.eos]]) for i in range(500)]
     collator.build(rows)
     assert collator.stats["overflow_rows"] == 0
+
+
+def test_causal_rows_of_documents_at_the_assumed_length_keep_every_span():
+    cfg = ObjectiveConfig(strategy="causal")                      # tokens_per_document = 64
+    collator = GLMCollator(cfg, S, 512, seed=0, global_batch_size=1)
+    docs = [np.r_[S.cls, np.arange(10, 72), S.eos]] * (collator.raw_length // 64)
+    batch = collator.build([TextSample(0, docs)])
+    assert (batch["input_ids"] == S.sop).sum() == len(docs) and collator.stats["overflow_rows"] == 0
 
 
 def test_config_loads_from_yaml_dict_and_resolves_presets():

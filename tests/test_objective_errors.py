@@ -41,6 +41,7 @@ def test_build_sample_rejects_colliding_special_ids():
     ("sentence_ratio", -0.1, "sentence_ratio=-0.1"), ("document_min_ratio", 0.0, "document_min_ratio"),
     ("document_suffix_prob", 1.5, "document_suffix_prob"), ("poisson_lambda", 0.0, "poisson_lambda"),
     ("max_span_length", 0, "max_span_length"), ("strategy", "bert", "'bert' is unknown"),
+    ("tokens_per_document", 1, "tokens_per_document=1"),
 ])
 def test_config_rejects_values_that_cannot_work(field, value, match):
     with pytest.raises(ValueError, match=match):

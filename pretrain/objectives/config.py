@@ -42,6 +42,10 @@ class ObjectiveConfig:
     # suffix_prob, otherwise a long infill placed uniformly.
     document_min_ratio: float = 0.5
     document_suffix_prob: float = 0.5
+    # document and causal take one span (2 extra tokens) per document: raw_length reserves room
+    # for one document per this many raw tokens. Rows of shorter documents may overflow and lose
+    # spans (collator.stats["overflow_rows"]); lower it for corpora of very short documents.
+    tokens_per_document: int = 64
 
     def weights(self) -> dict[str, float]:
         """Normalised strategy -> probability, only strategies with positive weight, fixed order."""
@@ -79,5 +83,8 @@ class ObjectiveConfig:
             raise ValueError(f"document_suffix_prob={self.document_suffix_prob} must lie in [0, 1]")
         if not self.poisson_lambda > 0:
             raise ValueError(f"poisson_lambda={self.poisson_lambda} must be > 0")
+        if self.tokens_per_document < 2:
+            raise ValueError(f"tokens_per_document={self.tokens_per_document} must be >= 2 "
+                             f"(a document with a span has at least 2 tokens)")
         if self.max_span_length < 1:
             raise ValueError(f"max_span_length={self.max_span_length} must be >= 1")

@@ -167,4 +167,4 @@ def expected_spans(cfg: ObjectiveConfig, name: str, n_tokens: int) -> float:
         mu, var = float(pmf @ k), float(pmf @ k ** 2) - float(pmf @ k) ** 2
         t = (cfg.mask_ratio if name == "token" else cfg.sentence_ratio) * n_tokens
         return t / mu + 2 + 3 * math.sqrt(t * var / mu ** 3)
-    return 1 + n_tokens / 256  # one span per document; rows are assumed to hold one per 256 tokens
+    return 1 + n_tokens / cfg.tokens_per_document  # one span per document
