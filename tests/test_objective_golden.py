@@ -1,6 +1,7 @@
 """Hand-computed goldens: the paper's Figure 2 (reference §9.1 G1), packing, order, block positions,
 sentence and document modes."""
 import numpy as np
+import torch
 
 from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, attention_matrix, build_sample
 from pretrain.objectives.infill import Spans, layout_rows
@@ -93,6 +94,9 @@ def test_packed_documents_golden_with_isolating_attention():
         "00000011000000 00000011000000 00000011100000 00000011110000 00000011111000 "
         "00000000000100 00000000000010 00000000000001")
     assert attention_matrix(out["segment_ids"][0], out["part_a"][0]).astype(int).tolist() == expected
+    # torch in, torch out (batched), for the model's dense reference
+    dense = attention_matrix(torch.from_numpy(out["segment_ids"]), torch.from_numpy(out["part_a"]))
+    assert dense.dtype == torch.bool and dense.shape == (1, 14, 14) and dense[0].int().tolist() == expected
 
 
 def test_legacy_layout_golden_one_segment_spans_per_document():
