@@ -92,7 +92,8 @@ def tp2(base_config, tmp_path_factory) -> Path:
 
 
 LAYOUTS = {
-    "dp2": (2, ["parallel.tp=1"]),  # one micro-batch per rank instead of two accumulated
+    # one micro-batch per rank instead of two accumulated; ZeRO-2-like FSDP rides along
+    "dp2": (2, ["parallel.tp=1", "parallel.fsdp=grad_op"]),
     # 4 processes; sequence parallel and activation checkpointing ride along (same numbers expected)
     "tp2xdp2_sp_ac": (4, ["parallel.tp=2", "train.micro_batch_size=2", "parallel.sequence_parallel=true",
                           "train.activation_checkpointing=true"]),
@@ -109,6 +110,23 @@ def test_parallel_layout_reproduces_single_process_losses(layout, reference, tp2
     norms = {r["step"]: r["grad_norm"] for r in records(run_dir)}
     for r in records(reference):
         assert norms[r["step"]] == pytest.approx(r["grad_norm"], rel=1e-4), (layout, r["step"])
+
+
+# GLM-4 architecture on glm-tiny's sizes: untied head, GQA (2 KV heads: one per TP rank), partial
+# RoPE, RMSNorm, SwiGLU (gate_proj), no MLP biases.
+GLM4_LIKE = ["model.tie_embeddings=false", "model.num_kv_heads=2", "model.position_encoding=rope_1d",
+             "model.partial_rotary_factor=0.5", "model.rope_interleaved=true", "model.norm=rmsnorm",
+             "model.mlp=swiglu", "model.bias=false"]
+
+
+def test_tp_reproduces_single_process_for_untied_gqa_rope_model(base_config, tmp_path):
+    single = train(base_config, tmp_path / "single", 1, "eval.interval=0", "checkpoint.interval=0", *GLM4_LIKE)
+    tp = train(base_config, tmp_path / "tp2", 2, "parallel.tp=2", "parallel.sequence_parallel=true",
+               "eval.interval=0", "checkpoint.interval=0", *GLM4_LIKE)
+    expected, got = losses(single), losses(tp)
+    assert sorted(got) == sorted(expected) == list(range(1, STEPS + 1))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=LOSS_ATOL), step
 
 
 def test_resume_after_stop_is_exact(reference, base_config, tmp_path):
