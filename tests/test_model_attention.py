@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from pretrain.model.attention import build_attention, glm_dense_mask, visible_pairs
 
@@ -33,7 +33,7 @@ def heads_first(tensors):
 
 def run(backend, segment_ids, part_a, tensors, grad_out):
     out = build_attention(backend, segment_ids, part_a)(*heads_first(tensors))
-    grads = torch.autograd.grad(out, tensors, grad_out)
+    grads = torch.autograd.grad(out, tensors, grad_out, materialize_grads=True)  # all-padding rows: q unused
     return out, grads
 
 
@@ -58,6 +58,7 @@ def test_golden_single_sample():
 
 @settings(deadline=None, max_examples=25)
 @given(seed=st.integers(0, 2**31 - 1), seq_len=st.integers(1, 70))
+@example(seed=98, seq_len=1)  # every row padding: q gets no gradient at all
 def test_sdpa_matches_dense_forward_and_backward(glm_random_layout, seed, seq_len):
     segment_ids, part_a = glm_random_layout(seed, 3, seq_len)
     tensors = qkv(seed, 3, seq_len)
