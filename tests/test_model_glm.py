@@ -201,6 +201,8 @@ def test_config_loads_strictly_and_validates():
         build_model("glm-5")
     with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['hidden'\]"):
         build_model("glm-tiny", hidden=3)
+    with pytest.raises(ValueError, match="hidden_size=100 is not divisible by num_heads=3; set head_dim"):
+        build_model("glm-tiny", hidden_size=100, num_heads=3)
     with pytest.raises(ValueError, match="attention_backend='fast'"):
         build_model("glm-tiny", attention_backend="fast")
 

@@ -45,7 +45,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
-        if self.head_dim is None and isinstance(self.num_heads, int) and self.num_heads > 0:
+        divisible = isinstance(self.num_heads, int) and self.num_heads > 0 and self.hidden_size % self.num_heads == 0
+        if self.head_dim is None and divisible:  # otherwise validate() asks for an explicit head_dim
             self.head_dim = self.hidden_size // self.num_heads
 
     @property
@@ -67,6 +68,9 @@ class ModelConfig:
             value = getattr(self, field.name)
             if typing.get_origin(hints[field.name]) is Literal and value not in typing.get_args(hints[field.name]):
                 raise ValueError(f"{field.name}={value!r} is not one of {list(typing.get_args(hints[field.name]))}")
+        if self.head_dim is None:
+            raise ValueError(f"head_dim is unset and hidden_size={self.hidden_size} is not divisible by "
+                             f"num_heads={self.num_heads}; set head_dim or change one of them")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                      "ffn_hidden_size", "max_position_embeddings"):
             value = getattr(self, name)
@@ -74,9 +78,6 @@ class ModelConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
-        if self.head_dim * self.num_heads != self.hidden_size and self.position_encoding == "learned_2d":
-            raise ValueError(f"head_dim={self.head_dim} × num_heads={self.num_heads} must equal hidden_size="
-                             f"{self.hidden_size} for learned_2d (GLM-1) models; leave head_dim unset")
         if not 0.0 < self.partial_rotary_factor <= 1.0:
             raise ValueError(f"partial_rotary_factor={self.partial_rotary_factor} must be in (0, 1]")
         if self.position_encoding == "rope_2d" and (self.partial_rotary_factor != 1.0 or self.head_dim % 4):

@@ -12,6 +12,7 @@ so attention takes its local head count from tensor shapes.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from torch import nn
 from pretrain.model.attention import build_attention
 from pretrain.model.config import ModelConfig
 from pretrain.model.positions import apply_rotary, rotary_cos_sin
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # attention.build_attention's result
+Rotary = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) from positions.rotary_cos_sin; None: learned
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -37,7 +41,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, attend, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: Attend, rotary: Rotary) -> torch.Tensor:
         batch, seq_len, _ = x.shape
         head_dim = self.cfg.head_dim
         q = self.q_proj(x).view(batch, seq_len, -1, head_dim)  # [B, S, Hq_local, D]
@@ -79,7 +83,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, h: torch.Tensor, attend, rotary) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, attend: Attend, rotary: Rotary) -> torch.Tensor:
         if self.deepnorm_alpha is None:
             h = h + self.dropout(self.self_attn(self.input_layernorm(h), attend, rotary))
             return h + self.dropout(self.mlp(self.post_attention_layernorm(h)))
