@@ -81,17 +81,17 @@ PIECES = [np.array([2, 11, 12, 1]), np.array([13, 14, 15])]
 def test_packed_documents_golden_with_isolating_attention():
     cfg = ObjectiveConfig(strategy="causal", layout="packed")
     out = GLMCollator(cfg, S, seq_len=14, seed=0, global_batch_size=1).build([TextSample(7, PIECES)])
-    # Segment 0: A = cls [gMASK] eos, B = sop a b. Segment 1: A = [gMASK] e, B = sop c d.
-    assert out["input_ids"][0].tolist() == [2, 5, 1, 6, 11, 12, 5, 15, 6, 13, 14, 0, 0, 0]
-    assert out["target_ids"][0].tolist() == [2, 5, 1, 11, 12, 7, 5, 15, 13, 14, 7, 0, 0, 0]
-    assert out["position_ids"][0].tolist() == [0, 1, 2, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0]
-    assert out["block_position_ids"][0].tolist() == [0, 0, 0, 1, 2, 3, 0, 0, 1, 2, 3, 0, 0, 0]
+    # Segment 0: A = cls [gMASK], B = sop a b eos. Segment 1: A = [gMASK], B = sop c d e.
+    assert out["input_ids"][0].tolist() == [2, 5, 6, 11, 12, 1, 5, 6, 13, 14, 15, 0, 0, 0]
+    assert out["target_ids"][0].tolist() == [2, 5, 11, 12, 1, 7, 5, 13, 14, 15, 7, 0, 0, 0]
+    assert out["position_ids"][0].tolist() == [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert out["block_position_ids"][0].tolist() == [0, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 0, 0]
     assert out["segment_ids"][0].tolist() == [0] * 6 + [1] * 5 + [-1] * 3
     assert out["strategy_ids"][0].tolist() == [0] * 11 + [-1] * 3
     assert out["sample_ids"].tolist() == [7]
     expected = rows_of(
-        "11100000000000 11100000000000 11100000000000 11110000000000 11111000000000 11111100000000 "
-        "00000011000000 00000011000000 00000011100000 00000011110000 00000011111000 "
+        "11000000000000 11000000000000 11100000000000 11110000000000 11111000000000 11111100000000 "
+        "00000010000000 00000011000000 00000011100000 00000011110000 00000011111000 "
         "00000000000100 00000000000010 00000000000001")
     assert attention_matrix(out["segment_ids"][0], out["part_a"][0]).astype(int).tolist() == expected
     # torch in, torch out (batched), for the model's dense reference
@@ -102,10 +102,11 @@ def test_packed_documents_golden_with_isolating_attention():
 def test_legacy_layout_golden_one_segment_spans_per_document():
     cfg = ObjectiveConfig(strategy="causal", layout="legacy", shuffle_order=False)
     out = GLMCollator(cfg, S, seq_len=14, seed=0, global_batch_size=1).build([TextSample(7, PIECES)])
-    assert out["input_ids"][0].tolist() == [2, 5, 1, 5, 15, 6, 11, 12, 6, 13, 14, 0, 0, 0]
-    assert out["target_ids"][0].tolist() == [2, 5, 1, 5, 15, 11, 12, 7, 13, 14, 7, 0, 0, 0]
-    assert out["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 1, 1, 1, 3, 3, 3, 0, 0, 0]
-    assert out["block_position_ids"][0].tolist() == [0] * 5 + [1, 2, 3, 1, 2, 3, 0, 0, 0]
+    # One segment: A = cls [gMASK] [gMASK], B = sop a b eos | sop c d e (left to right).
+    assert out["input_ids"][0].tolist() == [2, 5, 5, 6, 11, 12, 1, 6, 13, 14, 15, 0, 0, 0]
+    assert out["target_ids"][0].tolist() == [2, 5, 5, 11, 12, 1, 7, 13, 14, 15, 7, 0, 0, 0]
+    assert out["position_ids"][0].tolist() == [0, 1, 2, 1, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0]
+    assert out["block_position_ids"][0].tolist() == [0] * 3 + [1, 2, 3, 4, 1, 2, 3, 4, 0, 0, 0]
     assert out["segment_ids"][0].tolist() == [0] * 11 + [-1] * 3
 
 
@@ -124,12 +125,13 @@ def test_sentence_mode_golden():
 
 
 def test_document_mode_golden_full_span():
-    # min_ratio 1 makes the [gMASK] span the whole maskable text: cls [gMASK] eos | sop a b c.
+    # min_ratio 1 makes the [gMASK] span the whole text after cls, eos included (contract 2):
+    # cls [gMASK] | sop a b c eos.
     cfg = ObjectiveConfig(strategy="document", document_min_ratio=1.0)
     out = GLMCollator(cfg, S, seq_len=12, seed=3, global_batch_size=1).build(
         [TextSample(0, [np.array([2, 11, 12, 13, 1])])])
-    assert out["input_ids"][0].tolist() == [2, 5, 1, 6, 11, 12, 13, 0, 0, 0, 0, 0]
-    assert out["target_ids"][0].tolist() == [2, 5, 1, 11, 12, 13, 7, 0, 0, 0, 0, 0]
-    assert out["position_ids"][0].tolist() == [0, 1, 2, 1, 1, 1, 1, 0, 0, 0, 0, 0]
-    assert out["block_position_ids"][0].tolist() == [0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0]
-    assert out["loss_mask"][0].tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert out["input_ids"][0].tolist() == [2, 5, 6, 11, 12, 13, 1, 0, 0, 0, 0, 0]
+    assert out["target_ids"][0].tolist() == [2, 5, 11, 12, 13, 1, 7, 0, 0, 0, 0, 0]
+    assert out["position_ids"][0].tolist() == [0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert out["block_position_ids"][0].tolist() == [0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0]
+    assert out["loss_mask"][0].tolist() == [0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]

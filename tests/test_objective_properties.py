@@ -62,11 +62,12 @@ def check_segment(part, block_positions=True):
     return np.array(text), spans, mask_ids
 
 
-def maskable_ranges(docs):
-    """[lo, hi) of each document in the concatenated text: never cls, never the last token."""
+def maskable_ranges(docs, to_end=False):
+    """[lo, hi) of each document in the concatenated text: never cls, never the last token, except
+    for document-level spans (``to_end``), which run to the document's end."""
     ranges, offset = [], 0
     for d in docs:
-        ranges.append((offset + int(d[0] == SPECIAL.cls), offset + len(d) - 1))
+        ranges.append((offset + int(d[0] == SPECIAL.cls), offset + len(d) - (0 if to_end else 1)))
         offset += len(d)
     return ranges
 
@@ -84,7 +85,8 @@ def check_batch(cfg, samples, batch, names):
 
 
 def check_spans(name, cfg, docs, spans, mask_ids):
-    ranges = maskable_ranges(docs)
+    document_level = name in ("document", "causal")
+    ranges = maskable_ranges(docs, to_end=document_level)
     text = np.concatenate(docs)
     per_doc = [[(s, e) for s, e in spans if lo <= s and e <= hi] for lo, hi in ranges]
     assert sum(map(len, per_doc)) == len(spans), "every span lies inside one document's maskable region"
@@ -99,10 +101,10 @@ def check_spans(name, cfg, docs, spans, mask_ids):
                 assert s == lo or text[s - 1] == END, "a sentence starts at its region start or after an end"
                 assert e == hi or text[e - 1] == END, "a sentence ends with an end token or at the region end"
                 assert END not in text[s:e - 1]
-        elif name == "document" and hi > lo:
+        elif name == "document" and hi - 1 > lo:
             (s, e), = doc_spans
             assert e - s >= np.ceil(cfg.document_min_ratio * (hi - lo) - 1e-9)
-        elif name == "causal" and hi > lo:
+        elif name == "causal" and hi - 1 > lo:
             assert doc_spans == [(lo, hi)]
 
 

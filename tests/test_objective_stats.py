@@ -106,12 +106,13 @@ def test_batch_mixture_frequencies_and_agreement_across_ranks():
 def test_document_span_length_uniform_and_suffix_share():
     cfg = ObjectiveConfig(strategy="document", document_min_ratio=0.5, document_suffix_prob=0.3)
     strategy = DocumentStrategy(cfg, S)
-    doc = np.r_[S.cls, np.arange(10, 30), S.eos]     # maskable region [1, 21): 20 tokens
+    doc = np.r_[S.cls, np.arange(10, 30), S.eos]     # text after cls, eos included: [1, 22), 21 tokens
     spans = [strategy.spans_for(doc, seed=1, sample_id=i)[0] for i in range(3000)]
     lengths = np.array([e - s for s, e in spans])
-    assert lengths.min() >= 10 and lengths.max() <= 20
-    assert stats.chisquare(np.bincount(lengths - 10, minlength=11)).pvalue > P_MIN
-    suffix = np.array([e == 21 for _, e in spans]) & (lengths < 20)
-    # Infill spans also end at 21 with probability 1 / (20 - len + 1); count only the unambiguous ones.
-    p_suffix = 0.3 + 0.7 * np.mean([1 / (21 - g) for g in range(10, 20)])
-    assert abs(suffix[lengths < 20].mean() - p_suffix) < 0.03
+    assert lengths.min() >= 11 and lengths.max() <= 21
+    assert stats.chisquare(np.bincount(lengths - 11, minlength=11)).pvalue > P_MIN
+    suffix = np.array([e == 22 for _, e in spans])
+    # Infills leave the eos after them, so a span ending at the eos is a suffix; a span of all 21
+    # tokens is a suffix whatever the draw.
+    assert not (np.array([e for _, e in spans])[~suffix] > 21).any()
+    assert abs(suffix.mean() - (0.3 + 0.7 / 11)) < 0.03

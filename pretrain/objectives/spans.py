@@ -2,7 +2,8 @@
 
 Everything is vectorised over all documents of a batch. A document may only be masked inside its
 maskable region [lo, hi): never its leading cls, never its last token (the eos of a whole document,
-or the last token of a cut piece, whose continuation is unknown) — reference §2.2.
+or the last token of a cut piece, whose continuation is unknown) — reference §2.2. Document-level
+spans ([gMASK] suffixes, causal) are the exception: they run to the document's end (``Documents.end``).
 """
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ class Documents:
         """The documents where ``mask`` is true (tokens stay shared, offsets stay absolute)."""
         return Documents(**{f.name: getattr(self, f.name) if f.name == "tokens" else getattr(self, f.name)[mask]
                             for f in fields(self)})
+
+    @property
+    def end(self) -> np.ndarray:
+        """End of each document (absolute, exclusive): document-level spans may run up to it."""
+        return self.start + self.length
 
     @property
     def maskable(self) -> np.ndarray:

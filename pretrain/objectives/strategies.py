@@ -112,8 +112,9 @@ class SentenceStrategy(Strategy):
 
 
 class DocumentStrategy(Strategy):
-    """[gMASK] one span of [min_ratio, 1] of each document: a suffix (probability suffix_prob) or a
-    long infill placed uniformly (reference §2.4, with eop closing the block as everywhere)."""
+    """[gMASK] one span of [min_ratio, 1] of each document's text after cls: a suffix (probability
+    suffix_prob) that runs to the document's end, eos included (DESIGN contract 2: Part B = sop +
+    text[d:], targets text[d:] + eop), or a long infill placed uniformly with text after it."""
     name = "document"
 
     @property
@@ -121,20 +122,21 @@ class DocumentStrategy(Strategy):
         return self.special.gmask
 
     def spans(self, docs):
-        m = docs.maskable
-        ok = m >= 1
-        m, lo, hi = m[ok], docs.lo[ok], docs.hi[ok]
+        ok = docs.maskable >= 1
+        lo, end = docs.lo[ok], docs.end[ok]
+        n = end - lo                                                                  # [D] text after cls
         u = rng.uniform(docs.key[ok][:, None], rng.STREAM_DOCUMENT, np.arange(3))     # [D, 3]
-        g_min = np.maximum(1, np.ceil(self.cfg.document_min_ratio * m - 1e-9).astype(np.int64))
-        g = g_min + (u[:, 0] * (m - g_min + 1)).astype(np.int64)
-        suffix = u[:, 1] < self.cfg.document_suffix_prob
-        start = np.where(suffix, hi - g, lo + (u[:, 2] * (m - g + 1)).astype(np.int64))
+        g_min = np.maximum(1, np.ceil(self.cfg.document_min_ratio * n - 1e-9).astype(np.int64))
+        g = g_min + (u[:, 0] * (n - g_min + 1)).astype(np.int64)
+        # An infill leaves at least the last token after it; a span of the whole text is a suffix.
+        suffix = (u[:, 1] < self.cfg.document_suffix_prob) | (g == n)
+        start = np.where(suffix, end - g, lo + (u[:, 2] * np.maximum(n - g, 1)).astype(np.int64))
         return start, start + g, 0
 
 
 class CausalStrategy(Strategy):
-    """Plain left-to-right LM as GLM layout: one [gMASK] span over all of the maskable text, so Part
-    A is [cls] [gMASK] [last token] and Part B predicts the whole document."""
+    """Plain left-to-right LM as GLM layout: one [gMASK] span over the whole text after cls, so Part
+    A is [cls] [gMASK] and Part B predicts the document up to its eos (contract 2 with d = 0)."""
     name = "causal"
 
     @property
@@ -143,7 +145,7 @@ class CausalStrategy(Strategy):
 
     def spans(self, docs):
         ok = docs.maskable >= 1
-        return docs.lo[ok], docs.hi[ok], 0
+        return docs.lo[ok], docs.end[ok], 0
 
 
 def build_strategies(cfg: ObjectiveConfig, special: SpecialTokens,
