@@ -218,3 +218,34 @@ def test_inputs_must_share_one_shape():
     ids = torch.zeros(1, 8, dtype=torch.long)
     with pytest.raises(ValueError, match=r"part_a \(1, 7\)"):
         model(ids, ids, ids, ids, torch.zeros(1, 7, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "dense"])
+@torch.no_grad()
+def test_attention_runs_head_sharded_as_tensor_parallel_does(glm_random_layout, backend):
+    """q/k/v split by rows and o by columns over 2 ranks: the partial outputs sum to the full one, so the
+    head count really comes from the tensor shapes (nothing reads cfg.num_heads at run time)."""
+    from pretrain.model.attention import build_attention
+    from pretrain.model.glm import Attention
+    from pretrain.model.positions import rotary_cos_sin
+
+    model = make_model("glm4", bias=True)  # GQA 4 q heads / 2 kv heads, partial interleaved RoPE, o bias
+    full = model.layers[0].self_attn
+    batch = make_batch(glm_random_layout, 9)
+    x = torch.randn(3, 48, 64, generator=torch.Generator().manual_seed(9))
+    attend = build_attention(backend, batch["segment_ids"], batch["part_a"])
+    rotary = rotary_cos_sin(model.cfg, batch["position_ids"], batch["block_position_ids"], x.dtype)
+    total = torch.zeros_like(x)
+    for rank in range(2):
+        shard = Attention(model.cfg)
+        q_rows, kv_rows = slice(rank * 32, rank * 32 + 32), slice(rank * 16, rank * 16 + 16)  # 2 q heads, 1 kv head
+        for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+            source = getattr(full, name)
+            setattr(shard, name, torch.nn.Linear(64, rows.stop - rows.start))
+            getattr(shard, name).weight.copy_(source.weight[rows])
+            getattr(shard, name).bias.copy_(source.bias[rows])
+        shard.o_proj = torch.nn.Linear(32, 64)
+        shard.o_proj.weight.copy_(full.o_proj.weight[:, q_rows])
+        shard.o_proj.bias.copy_(full.o_proj.bias if rank == 0 else torch.zeros(64))  # rowwise: bias once
+        total += shard(x, attend, rotary)
+    torch.testing.assert_close(total, full(x, attend, rotary), atol=1e-5, rtol=1e-5)
