@@ -7,6 +7,7 @@
 # Several:    run the same command on every node with NNODES, NODE_RANK and MASTER_ADDR set
 #             (MASTER_PORT defaults to 29500), e.g. NNODES=4 NODE_RANK=1 MASTER_ADDR=node0 ...
 # Keep parallel.tp <= NPROC_PER_NODE: tp is the inner mesh dimension, so TP stays inside a node.
+# Both engines (parallel.engine: torch | deepspeed) launch this way; DeepSpeed joins the torchrun group.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:?usage: launch/torchrun.sh CONFIG [section.key=value ...]}

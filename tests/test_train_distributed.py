@@ -97,19 +97,32 @@ LAYOUTS = {
     # 4 processes; sequence parallel and activation checkpointing ride along (same numbers expected)
     "tp2xdp2_sp_ac": (4, ["parallel.tp=2", "train.micro_batch_size=2", "parallel.sequence_parallel=true",
                           "train.activation_checkpointing=true"]),
+    # DeepSpeed: ZeRO-2 over 2 data-parallel ranks; AutoTP over 2 ranks with ZeRO-1
+    "deepspeed_dp2_zero2": (2, ["parallel.engine=deepspeed", "parallel.tp=1", "parallel.zero_stage=2"]),
 }
 
 
-@pytest.mark.parametrize("layout", ["tp2", *LAYOUTS])
-def test_parallel_layout_reproduces_single_process_losses(layout, reference, tp2, base_config, tmp_path):
-    run_dir = tp2 if layout == "tp2" else train(base_config, tmp_path, LAYOUTS[layout][0], *LAYOUTS[layout][1])
+@pytest.fixture(scope="module")
+def deepspeed_tp2(base_config, tmp_path_factory) -> Path:
+    return train(base_config, tmp_path_factory.mktemp("ds_tp2"), 2, "parallel.engine=deepspeed", "parallel.tp=2",
+                 "parallel.zero_stage=1")
+
+
+@pytest.mark.parametrize("layout", ["tp2", "deepspeed_tp2", *LAYOUTS])
+def test_parallel_layout_reproduces_single_process_losses(layout, reference, request, base_config, tmp_path):
+    if layout in LAYOUTS:
+        run_dir = train(base_config, tmp_path, LAYOUTS[layout][0], *LAYOUTS[layout][1])
+    else:
+        run_dir = request.getfixturevalue(layout)
     expected, got = losses(reference), losses(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in expected:
         assert got[step] == pytest.approx(expected[step], abs=LOSS_ATOL), (layout, step)
-    norms = {r["step"]: r["grad_norm"] for r in records(run_dir)}
+    by_step = {r["step"]: r for r in records(run_dir)}
     for r in records(reference):
-        assert norms[r["step"]] == pytest.approx(r["grad_norm"], rel=1e-4), (layout, r["step"])
+        assert by_step[r["step"]]["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-4), (layout, r["step"])
+        if "eval/loss" in r:  # the same held-out samples whatever the layout
+            assert by_step[r["step"]]["eval/loss"] == pytest.approx(r["eval/loss"], abs=LOSS_ATOL), layout
 
 
 # GLM-4 architecture on glm-tiny's sizes: untied head, GQA (2 KV heads: one per TP rank), partial
@@ -133,6 +146,14 @@ def test_resume_after_stop_is_exact(reference, base_config, tmp_path):
     """10 steps straight == 5 steps, stop (the process ends), resume in a new process, 5 steps."""
     run_dir = train(base_config, resume_from(reference, 5, tmp_path))
     expected, got = losses(reference), losses(run_dir)
+    assert sorted(got) == [6, 7, 8, 9, 10]
+    assert all(got[s] == expected[s] for s in got), (got, expected)
+
+
+def test_deepspeed_resume_is_exact(deepspeed_tp2, base_config, tmp_path):
+    run_dir = train(base_config, resume_from(deepspeed_tp2, 5, tmp_path), 2, "parallel.engine=deepspeed",
+                    "parallel.tp=2", "parallel.zero_stage=1")
+    expected, got = losses(deepspeed_tp2), losses(run_dir)
     assert sorted(got) == [6, 7, 8, 9, 10]
     assert all(got[s] == expected[s] for s in got), (got, expected)
 

@@ -39,7 +39,8 @@ def test_smoke_config_loads_with_overrides():
     (["train.micro_batch_size=0"], "micro_batch_size=0 must be >= 1"),
     (["model.preset=glm-huge"], "unknown model preset 'glm-huge'"),
     (["model.hidden_sise=8"], "unknown ModelConfig field(s) ['hidden_sise']"),
-    (["parallel.engine=deepspeed"], "use parallel.engine=torch"),
+    (["parallel.engine=deepspeed", "parallel.zero_stage=3"], "AutoTP composes with ZeRO stages 0-2"),
+    (["parallel.engine=deepspeed", "parallel.sequence_parallel=true"], "sequence_parallel is a torch-engine"),
     (["parallel.tp=1", "parallel.sequence_parallel=true"], "sequence_parallel needs tp > 1"),
 ])
 def test_bad_configs_fail_at_load_naming_the_key(overrides, message):
@@ -182,12 +183,12 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(trainer_factory, tmp_path
     batches = iter(trainer.s.loader)
     first = trainer.train_step(batches)
     assert math.isfinite(first["loss"]) and first["mfu"] == pytest.approx(first["tflops"] / 0.5)
-    before = [p.detach().clone() for p in trainer.s.model.parameters()]
+    before = [p.detach().clone() for p in trainer.engine.model.parameters()]
     poisoned = lambda logits, targets: token_cross_entropy(logits, targets) * float("nan")
     monkeypatch.setattr(loop, "token_cross_entropy", poisoned)
     record = trainer.train_step(batches)
     assert math.isnan(record["loss"]) and record["nonfinite_skipped"] == 1 and trainer.step == 2
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer.s.model.parameters()))  # no update
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.engine.model.parameters()))  # no update
     with pytest.raises(loop.NonFiniteLossError, match="2 consecutive steps had a non-finite loss"):
         trainer.train_step(batches)
 
@@ -202,3 +203,12 @@ def test_keep_last_k_checkpoints(trainer_factory, tmp_path):
 def test_shipped_run_configs_load(path):
     cfg = load_config(path)
     validate_topology(cfg, world_size=cfg.parallel.tp * 2)
+
+
+def test_checkpoint_from_another_engine_is_refused_with_a_fix(trainer_factory, tmp_path):
+    saved = tmp_path / "checkpoints" / "step_00000003"
+    saved.mkdir(parents=True)
+    torch.save({"topology": {"engine": "deepspeed", "tp": 2, "dp": 1}}, saved / checkpoint.TRAINER_STATE)
+    (saved / checkpoint.COMPLETE).touch()
+    with pytest.raises(ConfigError, match="written by the deepspeed engine with tp=2, dp=1.*resume with that layout"):
+        trainer_factory(tmp_path)

@@ -1,6 +1,6 @@
-"""DCP checkpoints: sharded, reshardable on load, written atomically, last K kept.
+"""Checkpoints: sharded, written atomically, last K kept; DCP (reshardable) for the torch engine.
 
-Layout of ``<dir>/step_00000010/``: DCP files (model + optimizer, each rank writes its shards),
+Layout of ``<dir>/step_00000010/``: the engine's files (model + optimizer, each rank its shards),
 ``trainer.pt`` (step, which fixes the lr schedule, data-loader state, counters: identical on every
 rank, written by rank 0), ``rng/rank{r}.pt`` (each rank's RNG) and ``complete``. A checkpoint is
 written under ``.step_00000010.partial`` and renamed only after every rank finished, so a crash
@@ -20,19 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{8})$")
 COMPLETE = "complete"
 TRAINER_STATE = "trainer.pt"
-# Optimizer state keyed per parameter FQN ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"), not by
-# param-group position: the optimizer's groups depend on the mesh layout (optim.py), so a checkpoint
-# must not (as torchtitan does).
-_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -59,8 +52,7 @@ def remove_partial(root: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-         trainer_state: dict[str, Any], keep: int) -> Path:
+def save(root: Path, step: int, engine, trainer_state: dict[str, Any], keep: int) -> Path:
     """Collective: every rank calls it. Returns the final directory."""
     rank = dist.get_rank()
     final = step_dir(root, step)
@@ -69,8 +61,7 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
         shutil.rmtree(partial, ignore_errors=True)
         (partial / "rng").mkdir(parents=True)
     dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer, options=_OPTIONS)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=partial)
+    engine.save(partial)
     torch.save(_rng_state(), partial / "rng" / f"rank{rank}.pt")
     if rank == 0:
         torch.save(trainer_state, partial / TRAINER_STATE)
@@ -87,14 +78,11 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
     return final
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Collective: restore model and optimizer (resharded to the current layout) and this rank's RNG;
-    return the trainer state. A rank that did not exist in the saved run keeps its fresh RNG."""
-    model_state, optim_state = get_state_dict(model, optimizer, options=_OPTIONS)
-    state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=_OPTIONS)
+def load(path: Path, engine) -> dict[str, Any]:
+    """Collective: restore model and optimizer (the torch engine reshards to the current layout) and
+    this rank's RNG; return the trainer state. A rank that did not exist in the saved run keeps its
+    fresh RNG."""
+    engine.load(path)
     rng_file = path / "rng" / f"rank{dist.get_rank()}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=False))

@@ -1,6 +1,7 @@
 """The training loop: build everything from a Config, resume, train, evaluate, checkpoint, log.
 
-One code path for 1..N processes: a (dp, tp) mesh (dp=1, tp=1 without torchrun), FSDP2 always.
+One code path for 1..N processes and both engines (pretrain/parallel: torch = DTensor TP + FSDP2,
+always on, even at dp=1; deepspeed = AutoTP + ZeRO), on a (dp, tp) mesh (1 x 1 without torchrun).
 Each optimizer step reads ``global_batch_size / (micro_batch_size * dp)`` micro-batches per rank,
 counts the step's Part-B tokens over all of them and all dp ranks first, then runs forward/backward
 per micro-batch with the loss divided by that global count (see loss.py).
@@ -18,13 +19,13 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from pretrain.config import Config
+from pretrain.config import Config, ConfigError
 from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import flops_per_token
 from pretrain.train import checkpoint
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
-from pretrain.train.optim import build_optimizer, clip_grad_norm_, set_lr
+from pretrain.train.optim import lr_factor
 from pretrain.train.setup import Setup, build_setup
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.s: Setup = build_setup(cfg)  # validates the topology before any heavy work
-        s, train = self.s, cfg.train
-        self.optimizer = build_optimizer(s.model, train)
+        s = self.s
+        self.engine = s.engine
         self.step = 0
         self.nonfinite_skipped = 0
         self.consecutive_nonfinite = 0
@@ -56,7 +57,10 @@ class Trainer:
     # ----------------------------------------------------------------------------- state
     def trainer_state(self) -> dict:
         return {"step": self.step, "loader": self.s.loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped,
-                "consecutive_nonfinite": self.consecutive_nonfinite}
+                "consecutive_nonfinite": self.consecutive_nonfinite, "topology": self._topology()}
+
+    def _topology(self) -> dict:
+        return {"engine": self.engine.name, "tp": self.s.dims.tp, "dp": self.s.dims.dp}
 
     def _resume(self) -> None:
         if self.s.rank == 0:
@@ -65,7 +69,12 @@ class Trainer:
         latest = checkpoint.latest_checkpoint(self.ckpt_root) if self.cfg.checkpoint.resume else None
         if latest is None:
             return
-        state = checkpoint.load(latest, self.s.model, self.optimizer)
+        saved = torch.load(latest / checkpoint.TRAINER_STATE, weights_only=False)["topology"]
+        if saved["engine"] != self.engine.name or (not self.engine.reshardable and saved != self._topology()):
+            raise ConfigError(f"{latest} was written by the {saved['engine']} engine with tp={saved['tp']}, "
+                              f"dp={saved['dp']}; this run is {self._topology()}. The {self.engine.name} engine "
+                              f"cannot reshard it: resume with that layout (or use a new checkpoint.dir)")
+        state = checkpoint.load(latest, self.engine)
         self.step = state["step"]
         self.s.loader.load_state_dict(state["loader"])
         self.nonfinite_skipped = state["nonfinite_skipped"]
@@ -73,8 +82,7 @@ class Trainer:
         logger.info("resumed from %s at step %d", latest, self.step)
 
     def save(self) -> None:
-        checkpoint.save(self.ckpt_root, self.step, self.s.model, self.optimizer, self.trainer_state(),
-                        self.cfg.checkpoint.keep)
+        checkpoint.save(self.ckpt_root, self.step, self.engine, self.trainer_state(), self.cfg.checkpoint.keep)
 
     def _write_resolved_config(self) -> None:
         data = self.cfg.to_dict()
@@ -126,25 +134,23 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
         for i, batch in enumerate(micro):
             batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
-            s.model.set_requires_gradient_sync(i == len(micro) - 1)  # reduce-scatter once per step
-            logits = s.model(*(batch[k] for k in _MODEL_INPUTS))
+            logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
             with loss_context(logits):
                 ce = token_cross_entropy(logits, batch["target_ids"])
                 loss = (ce * batch["loss_mask"]).sum() / denominator
-                loss.backward()
+                self.engine.backward(loss, last_micro_batch=i == len(micro) - 1)
             loss_sum += loss.detach().double()
             strategies.add(ce, batch["loss_mask"], batch["strategy_ids"])
         reduced = torch.cat([loss_sum.view(1), strategies.packed()])
         dist.all_reduce(reduced, group=s.dp_group)
         loss_value = reduced[0].item()
-        grad_norm = clip_grad_norm_(list(s.model.parameters()), cfg.train.grad_clip).item()
-        lr = set_lr(self.optimizer, self.step, cfg.train)
-        if math.isfinite(loss_value) and math.isfinite(grad_norm):  # the same decision on every rank
-            self.optimizer.step()
+        lr = cfg.train.lr * lr_factor(self.step, cfg.train)
+        # The engine skips the update on a non-finite loss or grad norm: the same decision on every rank.
+        grad_norm = self.engine.step(lr, cfg.train.grad_clip, skip=not math.isfinite(loss_value))
+        if math.isfinite(loss_value) and math.isfinite(grad_norm):
             self.consecutive_nonfinite = 0
         else:
             self._count_nonfinite(loss_value, grad_norm)
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         if s.device.type == "cuda":
             torch.cuda.synchronize(s.device)
@@ -177,19 +183,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out loss (mean CE over Part-B tokens) overall and per strategy, on eval.batches micro-batches."""
+        """Held-out loss (mean CE over Part-B tokens) overall and per strategy on eval.batches global
+        batches: the same samples whatever the (dp, tp) layout."""
         s = self.s
-        s.model.eval()
+        self.engine.model.eval()
         strategies = StrategyLosses(len(s.strategy_names), s.device)
         for i, batch in enumerate(s.eval_loader):
-            if i == self.cfg.eval.batches:
+            if i == self.cfg.eval.batches * s.accumulation_steps:
                 break
             batch = {k: v.to(s.device) for k, v in batch.items()}
-            logits = s.model(*(batch[k] for k in _MODEL_INPUTS))
+            logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
             with loss_context(logits):
                 strategies.add(token_cross_entropy(logits, batch["target_ids"]), batch["loss_mask"],
                                batch["strategy_ids"])
-        s.model.train()
+        self.engine.model.train()
         packed = strategies.packed()
         dist.all_reduce(packed, group=s.dp_group)
         sums, counts = packed.chunk(2)

@@ -26,21 +26,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of cfg.lr for optimizer step ``step`` (0-based): linear warmup to 1, then cosine
-    to ``min_lr_ratio`` at ``lr_decay_steps`` (default max_steps), constant after that."""
+    to ``min_lr_ratio`` at ``lr_decay_steps`` (default max_steps), constant after that. A pure function
+    of the step, so a checkpoint needs only the step (no scheduler state tied to param groups)."""
     decay_steps = cfg.lr_decay_steps or cfg.max_steps
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> float:
-    """Set every group's lr for optimizer step ``step``. The schedule is a pure function of the step,
-    so a checkpoint needs only the step (no scheduler object whose state mirrors the param groups)."""
-    lr = cfg.lr * lr_factor(step, cfg)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
 
 
 @torch.no_grad()

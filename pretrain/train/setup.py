@@ -13,12 +13,14 @@ from torch.distributed.device_mesh import DeviceMesh
 from typing import TYPE_CHECKING
 
 from pretrain.config import Config, ConfigError
+from pretrain.parallel.engine import TorchEngine
 from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed, world_size_from_env
 from pretrain.parallel.parallelize import parallelize
 from pretrain.parallel.tp import check_tp_divisibility
 
 if TYPE_CHECKING:
     from pretrain.model.config import ModelConfig
+    from pretrain.parallel.deepspeed_engine import DeepSpeedEngine
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ class Setup:
     rank: int
     world_size: int
     mesh: DeviceMesh
+    dims: ParallelDims
     dp_group: dist.ProcessGroup
-    model: nn.Module
+    engine: "TorchEngine | DeepSpeedEngine"  # owns the parallelized model and the optimizer
     model_cfg: "ModelConfig"
     loader: object  # pretrain.data.loader.PretrainLoader
     eval_loader: object | None
@@ -113,17 +116,29 @@ def build_setup(cfg: Config) -> Setup:
 
     torch.manual_seed(train.seed)  # the same full initialization on every rank, then sharded
     model = GLMModel(model_cfg).to(device)
-    model = parallelize(model, mesh, sequence_parallel=cfg.parallel.sequence_parallel,
-                        activation_checkpointing=train.activation_checkpointing, compile=train.compile,
-                        param_dtype=resolve_dtype(train.dtype, device),
-                        reshard_after_forward=cfg.parallel.fsdp == "full")
-    logger.info("model %s: %.2fM parameters, dp=%d tp=%d, %d micro-batches per step", cfg.model.preset or "custom",
-                sum(p.numel() for p in model.parameters()) / 1e6, dims.dp, dims.tp,
-                train.global_batch_size // (train.micro_batch_size * dims.dp))
-    return Setup(device=device, rank=dist.get_rank(), world_size=dims.world_size, mesh=mesh,
-                 dp_group=mesh["dp"].get_group(), model=model, model_cfg=model_cfg, loader=train_loader,
+    n_params = sum(p.numel() for p in model.parameters())
+    accumulation_steps = train.global_batch_size // (train.micro_batch_size * dims.dp)
+    engine = build_engine(cfg, model, mesh, dims, accumulation_steps, resolve_dtype(train.dtype, device))
+    logger.info("model %s: %.2fM parameters, %s engine, dp=%d tp=%d, %d micro-batches per step",
+                cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.dp, dims.tp,
+                accumulation_steps)
+    return Setup(device=device, rank=dist.get_rank(), world_size=dims.world_size, mesh=mesh, dims=dims,
+                 dp_group=mesh["dp"].get_group(), engine=engine, model_cfg=model_cfg, loader=train_loader,
                  eval_loader=eval_loader, strategy_names=collator.strategy_names,
-                 accumulation_steps=train.global_batch_size // (train.micro_batch_size * dims.dp))
+                 accumulation_steps=accumulation_steps)
+
+
+def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: ParallelDims, accumulation_steps: int,
+                 dtype: torch.dtype):
+    from pretrain.train.optim import build_optimizer
+    if cfg.parallel.engine == "deepspeed":
+        from pretrain.parallel.deepspeed_engine import DeepSpeedEngine
+        return DeepSpeedEngine(model, build_optimizer(model, cfg.train), cfg, dims, accumulation_steps,
+                               bf16=dtype == torch.bfloat16)
+    model = parallelize(model, mesh, sequence_parallel=cfg.parallel.sequence_parallel,
+                        activation_checkpointing=cfg.train.activation_checkpointing, compile=cfg.train.compile,
+                        param_dtype=dtype, reshard_after_forward=cfg.parallel.fsdp == "full")
+    return TorchEngine(model, build_optimizer(model, cfg.train))
 
 
 def _collator_not_set(samples):

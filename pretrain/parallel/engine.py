@@ -1,0 +1,54 @@
+"""The torch engine: a (dp, tp) mesh, DTensor TP + FSDP2 (parallelize.py), AdamW, DCP state.
+
+An engine owns the parallelized model and its optimizer and exposes the few verbs the training loop
+needs, so the loop is the same for this engine and DeepSpeed's (deepspeed_engine.py).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from pretrain.train.optim import clip_grad_norm_
+
+# Optimizer state keyed per parameter FQN ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"), not by
+# param-group position: the optimizer's groups depend on the mesh layout (optim.py), so a checkpoint
+# must not (as torchtitan does).
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+class TorchEngine:
+    name = "torch"
+    reshardable = True  # DCP loads any saved (dp, tp) layout into the current one
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        self.model.set_requires_gradient_sync(last_micro_batch)  # FSDP2 reduce-scatters once per step
+        loss.backward()
+
+    def step(self, lr: float, max_norm: float, skip: bool) -> float:
+        """Clip and apply the update unless ``skip`` or the global grad norm is not finite; returns the norm."""
+        grad_norm = clip_grad_norm_(list(self.model.parameters()), max_norm).item()
+        if not skip and math.isfinite(grad_norm):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def save(self, path: Path) -> None:
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=_OPTIONS)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=path)
+
+    def load(self, path: Path) -> None:
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=_OPTIONS)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=_OPTIONS)
