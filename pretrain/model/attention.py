@@ -232,4 +232,7 @@ class FlexGLMAttention:
             glm_mask_mod(segment_ids, part_a), batch, None, seq_len, seq_len, device=segment_ids.device)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # contiguous: inside a compiled layer, Inductor's CPU Flex template cannot lower the transposed
+        # views of the projections (torch 2.13); the copy is O(S) next to the O(S²) kernel
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return _compiled_flex_attention()(q, k, v, block_mask=self.block_mask, enable_gqa=True)
