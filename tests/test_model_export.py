@@ -58,6 +58,14 @@ def test_export_cli_reads_a_run_directory_and_its_dcp_checkpoint(tmp_path):
     assert_same_causal_logits(model, tmp_path / "hf")
 
 
+def test_export_cli_reports_what_is_missing(tmp_path, capsys):
+    assert cli(["export", str(tmp_path), "--out", str(tmp_path / "hf")]) == 2
+    assert f"config file {tmp_path / 'config.yaml'} does not exist" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"resolved_model": dataclasses.asdict(small_glm4().cfg)}))
+    assert cli(["export", str(tmp_path), "--out", str(tmp_path / "hf")]) == 2
+    assert f"no complete checkpoint under {tmp_path / 'checkpoints'}" in capsys.readouterr().err
+
+
 def test_export_refuses_architectures_transformers_would_compute_differently(tmp_path):
     with pytest.raises(ValueError, match=r"this model has \{'position_encoding': 'learned_2d'"):
         export_hf(build_model("glm-tiny"), tmp_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -54,7 +55,10 @@ def load_trained_model(run_dir: Path, checkpoint: Path | None = None) -> GLMMode
 
 
 def main(args: argparse.Namespace) -> int:
-    model = load_trained_model(args.run_dir, args.checkpoint)
-    out = export_hf(model, args.out)
+    try:
+        out = export_hf(load_trained_model(args.run_dir, args.checkpoint), args.out)
+    except ValueError as err:  # ConfigError included: the message names the file and what to change
+        print(f"export error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
     return 0
