@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def base_config(tmp_path_factory) -> Path:
     from pretrain.data.corpus import prepare_embedded_corpus
-    cache = tmp_path_factory.mktemp("corpus")
+    cache = tmp_path_factory.getbasetemp() / "train-corpus"  # shared with test_train_units.py
     prepare_embedded_corpus(cache)  # once, before the launches race for it
     config = {
         "model": {"preset": "glm-tiny"},

@@ -155,7 +155,7 @@ def test_latest_checkpoint_ignores_partial_and_incomplete(tmp_path):
 @pytest.fixture
 def trainer_factory(tmp_path_factory, monkeypatch):
     from pretrain.data.corpus import prepare_embedded_corpus
-    cache = tmp_path_factory.getbasetemp() / "unit-corpus"
+    cache = tmp_path_factory.getbasetemp() / "train-corpus"  # shared with test_train_distributed.py
     prepare_embedded_corpus(cache)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
