@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from typing import TYPE_CHECKING
-
 from pretrain.config import Config, ConfigError
 from pretrain.parallel.engine import TorchEngine
 from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed, world_size_from_env
 from pretrain.parallel.parallelize import parallelize
 from pretrain.parallel.tp import check_tp_divisibility
+from pretrain.train.optim import build_optimizer
 
 if TYPE_CHECKING:
     from pretrain.model.config import ModelConfig
@@ -30,8 +30,7 @@ class Setup:
     device: torch.device
     rank: int
     world_size: int
-    mesh: DeviceMesh
-    dims: ParallelDims
+    dims: ParallelDims  # (dp, tp) sizes
     dp_group: dist.ProcessGroup
     engine: "TorchEngine | DeepSpeedEngine"  # owns the parallelized model and the optimizer
     model_cfg: "ModelConfig"
@@ -122,7 +121,7 @@ def build_setup(cfg: Config) -> Setup:
     logger.info("model %s: %.2fM parameters, %s engine, dp=%d tp=%d, %d micro-batches per step",
                 cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.dp, dims.tp,
                 accumulation_steps)
-    return Setup(device=device, rank=dist.get_rank(), world_size=dims.world_size, mesh=mesh, dims=dims,
+    return Setup(device=device, rank=dist.get_rank(), world_size=dims.world_size, dims=dims,
                  dp_group=mesh["dp"].get_group(), engine=engine, model_cfg=model_cfg, loader=train_loader,
                  eval_loader=eval_loader, strategy_names=collator.strategy_names,
                  accumulation_steps=accumulation_steps)
@@ -130,7 +129,6 @@ def build_setup(cfg: Config) -> Setup:
 
 def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: ParallelDims, accumulation_steps: int,
                  dtype: torch.dtype):
-    from pretrain.train.optim import build_optimizer
     if cfg.parallel.engine == "deepspeed":
         from pretrain.parallel.deepspeed_engine import DeepSpeedEngine
         return DeepSpeedEngine(model, build_optimizer(model, cfg.train), cfg, dims, accumulation_steps,
