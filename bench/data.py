@@ -21,13 +21,13 @@ from pathlib import Path
 import datasets
 import torch
 
-from pretrain.data import DataConfig, build_loader, prepare_embedded_corpus
+from pretrain.data import DataConfig, build_loader, glm_collator, prepare_embedded_corpus
 from pretrain.data.corpus import embedded_documents
 from pretrain.data.preprocess import preprocess
 from pretrain.data.sources import read_sources
 from pretrain.data.store import read_manifest
 from pretrain.data.tokenizer import load_tokenizer
-from pretrain.objectives import GLMCollator, ObjectiveConfig, raw_length, sentence_end_ids
+from pretrain.objectives import ObjectiveConfig, raw_length
 
 
 def write_corpus(folder: Path, copies: int) -> list[str]:
@@ -73,9 +73,7 @@ def bench_loader(cache: Path, batches: int, micro_batch_size: int) -> list[str]:
     cfg = DataConfig(cache_dir=str(cache))
     build = dict(seq_len=seq_len, raw_len=raw_length(objective, seq_len), global_batch_size=micro_batch_size,
                  micro_batch_size=micro_batch_size, dp_rank=0, dp_size=1, seed=0)
-    probe = build_loader(cfg, list, **build)
-    glm = GLMCollator(objective, probe.special, seq_len, 0, micro_batch_size,
-                      sentence_end_ids=sentence_end_ids(probe.token_texts()), vocab_size=probe.vocab_size)
+    glm = glm_collator(cfg, objective, seq_len=seq_len, seed=0, global_batch_size=micro_batch_size)
     rows = [f"| collator | workers | ms per micro-batch (mbs {micro_batch_size}, seq {seq_len}) |", "|---|---|---|"]
     for name, collator in (("pass-through (sample assembly only)", list), ("GLMCollator glm-10b", glm)):
         for workers in (0, 2, 4):

@@ -33,16 +33,16 @@ from pretrain.train.metrics import peak_tflops
 _INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
 
 
-def glm_batches(vocab_size: int, batch: int, seq_len: int, count: int) -> list[dict]:
+def glm_batches(batch: int, seq_len: int, count: int) -> list[dict]:
     from pretrain.data.config import DataConfig
-    from pretrain.data.loader import build_loader
-    from pretrain.objectives import GLMCollator, ObjectiveConfig, raw_length, sentence_end_ids
+    from pretrain.data.loader import build_loader, glm_collator
+    from pretrain.objectives import ObjectiveConfig, raw_length
     objective = ObjectiveConfig(strategy="glm-10b")
     geometry = dict(seq_len=seq_len, raw_len=raw_length(objective, seq_len), global_batch_size=batch,
                     micro_batch_size=batch, dp_rank=0, dp_size=1, seed=0)
-    loader = build_loader(DataConfig(num_workers=0), lambda samples: samples, **geometry)
-    loader.collator = GLMCollator(objective, loader.special, seq_len, 0, batch,
-                                  sentence_end_ids=sentence_end_ids(loader.token_texts()), vocab_size=vocab_size)
+    data = DataConfig(num_workers=0)
+    collator = glm_collator(data, objective, seq_len=seq_len, seed=0, global_batch_size=batch)
+    loader = build_loader(data, collator, **geometry)
     batches = iter(loader)
     return [next(batches) for _ in range(count)]
 
@@ -117,7 +117,7 @@ def main() -> None:
                        num_heads=args.heads, num_kv_heads=args.kv_heads, head_dim=args.hidden // args.heads,
                        ffn_hidden_size=args.hidden * 8 // 3 // 64 * 64, max_position_embeddings=args.seq_len)
     ours = GLMModel(cfg)
-    glm = glm_batches(cfg.vocab_size, args.batch, args.seq_len, count=4)
+    glm = glm_batches(args.batch, args.seq_len, count=4)
     causal = [causal_batch(b) for b in glm]
     from transformers import GlmConfig, GlmForCausalLM
     hf = GlmForCausalLM(GlmConfig(**{k: v for k, v in hf_config(ours).items() if k != "architectures"}))

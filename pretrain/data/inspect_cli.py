@@ -72,7 +72,8 @@ def print_sample(loader, collator, sample_id: int, width: int) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pretrain.objectives import GLMCollator, raw_length, sentence_end_ids
+    from pretrain.data.loader import glm_collator
+    from pretrain.objectives import raw_length
     data, objective, train = _configs(args)
     seq_len = args.seq_len or train.get("seq_len", 512)
     seed = train.get("seed", 0) if args.seed is None else args.seed
@@ -80,8 +81,7 @@ def main(args: argparse.Namespace) -> int:
     loader = build_loader(data, lambda samples: samples, seq_len=seq_len, raw_len=raw_length(objective, seq_len),
                           global_batch_size=global_batch, micro_batch_size=global_batch, dp_rank=0, dp_size=1,
                           seed=seed, split=args.split)
-    collator = GLMCollator(objective, loader.special, seq_len, seed, global_batch,
-                           sentence_end_ids=sentence_end_ids(loader.token_texts()), vocab_size=loader.vocab_size)
+    collator = glm_collator(data, objective, seq_len=seq_len, seed=seed, global_batch_size=global_batch)
     print_statistics(loader)
     print_sample(loader, collator, args.sample_id, args.width)
     return 0

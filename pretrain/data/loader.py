@@ -24,7 +24,7 @@ from pretrain.data.mixture import Mixture, mixture_weights
 from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
 from pretrain.data.store import TOKENIZER, open_store
 from pretrain.data.tokenizer import load_tokenizer, padded_vocab_size
-from pretrain.objectives import TextSample
+from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, sentence_end_ids
 from pretrain.tokens import DEFAULT_SPECIAL_TOKENS
 
 STATE_VERSION = 1
@@ -87,8 +87,7 @@ class PretrainLoader:
         self.consumed_samples = 0
 
     def token_texts(self) -> list[str]:
-        """Decoded text of every id (e.g. for the collator's sentence-end table)."""
-        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
+        return token_texts(self.tokenizer)
 
     def _sampler(self) -> RankBatchSampler:
         start = self.consumed_samples if self.split == "train" else 0
@@ -145,6 +144,25 @@ class PretrainLoader:
         self.consumed_samples = consumed
 
 
+def token_texts(tokenizer: Tokenizer) -> list[str]:
+    """Decoded text of every id (e.g. for the collator's sentence-end table)."""
+    return [tokenizer.decode([i], skip_special_tokens=False) for i in range(tokenizer.get_vocab_size())]
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """The preprocessed directory: ``data.path``, or the embedded corpus, built on first use."""
+    return Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
+
+
+def glm_collator(cfg: DataConfig, objective: ObjectiveConfig, *, seq_len: int, seed: int,
+                 global_batch_size: int) -> GLMCollator:
+    """The GLM collator for this data's tokenizer (special ids, vocabulary size, sentence ends)."""
+    tokenizer = load_tokenizer(data_root(cfg) / TOKENIZER)
+    return GLMCollator(objective, DEFAULT_SPECIAL_TOKENS, seq_len, seed, global_batch_size,
+                       sentence_end_ids=sentence_end_ids(token_texts(tokenizer)),
+                       vocab_size=padded_vocab_size(tokenizer.get_vocab_size()))
+
+
 def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: int, global_batch_size: int,
                  micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
                  split: str = "train") -> PretrainLoader:
@@ -155,7 +173,7 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
         raise ValueError(f"raw_len={raw_len} must be in [2, seq_len={seq_len}]")
     if split == "valid" and cfg.eval_documents == 0:
         raise ValueError("split='valid' needs held-out documents: set data.eval_documents > 0")
-    root = Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
+    root = data_root(cfg)
     store = open_store(root, verify_checksums=cfg.verify_checksums)
     tokenizer = load_tokenizer(root / TOKENIZER)
     languages = sorted(store.languages)

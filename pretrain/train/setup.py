@@ -80,9 +80,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def build_setup(cfg: Config) -> Setup:
-    from pretrain.data.loader import build_loader
+    from pretrain.data.loader import build_loader, glm_collator
     from pretrain.model.glm import GLMModel
-    from pretrain.objectives import GLMCollator, raw_length, sentence_end_ids
+    from pretrain.objectives import raw_length
 
     dims = validate_topology(cfg, world_size_from_env())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -98,13 +98,9 @@ def build_setup(cfg: Config) -> Setup:
                             global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
                             dp_rank=dp_rank, dp_size=dims.dp, seed=train.seed, split=split)
 
-    # build_loader takes the collator, but the collator needs the loader's tokenizer (sentence ends,
-    # vocabulary): build the loader first, then hand it the collator.
-    train_loader = loader("train", _collator_not_set)
-    collator = GLMCollator(cfg.objective, train_loader.special, train.seq_len, train.seed, train.global_batch_size,
-                           sentence_end_ids=sentence_end_ids(train_loader.token_texts()),
-                           vocab_size=train_loader.vocab_size)
-    train_loader.collator = collator
+    collator = glm_collator(cfg.data, cfg.objective, seq_len=train.seq_len, seed=train.seed,
+                            global_batch_size=train.global_batch_size)
+    train_loader = loader("train", collator)
     eval_loader = loader("valid", collator) if cfg.eval.interval else None
 
     model_cfg = cfg.model.resolve(vocab_size=train_loader.vocab_size)
@@ -138,6 +134,3 @@ def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: Parallel
                         param_dtype=dtype, reshard_after_forward=cfg.parallel.fsdp == "full")
     return TorchEngine(model, build_optimizer(model, cfg.train))
 
-
-def _collator_not_set(samples):
-    raise RuntimeError("the loader's collator was not set")
