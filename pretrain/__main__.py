@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "preprocess": ("pretrain.data.preprocess_cli", "tokenize raw corpora once into sharded token files"),
     "inspect": ("pretrain.data.inspect_cli", "show what the model is trained on"),
     "export": ("pretrain.model.export_cli", "export a trained GLM-4-shaped model for transformers' GlmForCausalLM"),
+    "ablate": ("pretrain.train.ablate", "run an ablation sweep (configs/ablations/) and summarize it"),
+    "bench": ("pretrain.bench_cli", "run a benchmark script from the checkout's bench/"),
 }
 
 

@@ -245,6 +245,9 @@ class RunConfig:
 class EvalConfig:
     interval: int = 0  # evaluate held-out loss every N steps (0: never)
     batches: int = 2  # global batches (global_batch_size held-out samples each) per evaluation
+    # ObjectiveConfig fields to evaluate under instead of the training objective (null: the training
+    # one). Fixed across runs, it scores them on the same held-out windows and masks (ablations).
+    objective: dict[str, Any] | None = None
 
     def validate(self) -> None:
         if self.interval < 0 or self.batches < 1:
@@ -311,6 +314,12 @@ class Config:
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.run.dir) / "checkpoints"
 
+    def eval_objective(self) -> "ObjectiveConfig":
+        if self.eval.objective is None:
+            return self.objective
+        from pretrain.objectives import ObjectiveConfig
+        return from_dict(ObjectiveConfig, self.eval.objective, "eval.objective")
+
     def to_dict(self) -> dict:
         data = to_dict(self)
         data["model"] = {**({"preset": self.model.preset} if self.model.preset else {}), **self.model.fields}
@@ -333,4 +342,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections are "
                           f"{sorted([*sections, 'model'])}")
     built = {name: from_dict(cls, raw.get(name), f"{path}: {name}") for name, cls in sections.items()}
+    if built["eval"].objective is not None:  # fail at load time, naming the file
+        from_dict(ObjectiveConfig, built["eval"].objective, f"{path}: eval.objective")
     return Config(model=ModelSection.from_section(raw.get("model"), f"{path}: model"), **built)

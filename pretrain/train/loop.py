@@ -184,10 +184,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out loss (mean CE over Part-B tokens) overall and per strategy on eval.batches global
-        batches: the same samples whatever the (dp, tp) layout."""
+        batches under cfg.eval_objective(): the same samples whatever the (dp, tp) layout."""
         s = self.s
         self.engine.model.eval()
-        strategies = StrategyLosses(len(s.strategy_names), s.device)
+        strategies = StrategyLosses(len(s.eval_strategy_names), s.device)
         for i, batch in enumerate(s.eval_loader):
             if i == self.cfg.eval.batches * s.accumulation_steps:
                 break
@@ -201,7 +201,7 @@ class Trainer:
         dist.all_reduce(packed, group=s.dp_group)
         sums, counts = packed.chunk(2)
         overall = (sums.sum() / counts.sum().clamp(min=1)).item()
-        return {"eval/loss": overall, **StrategyLosses.means(packed, s.strategy_names, "eval/loss")}
+        return {"eval/loss": overall, **StrategyLosses.means(packed, s.eval_strategy_names, "eval/loss")}
 
     # ----------------------------------------------------------------------------- preemption
     def _on_sigterm(self, signum, frame) -> None:

@@ -37,6 +37,7 @@ class Setup:
     loader: object  # pretrain.data.loader.PretrainLoader
     eval_loader: object | None
     strategy_names: tuple[str, ...]
+    eval_strategy_names: tuple[str, ...]  # of cfg.eval_objective()
     accumulation_steps: int
 
 
@@ -93,15 +94,18 @@ def build_setup(cfg: Config) -> Setup:
     dp_rank = mesh["dp"].get_local_rank()
     train = cfg.train
 
-    def loader(split: str, collator):
-        return build_loader(cfg.data, collator, seq_len=train.seq_len, raw_len=raw_length(cfg.objective, train.seq_len),
-                            global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
-                            dp_rank=dp_rank, dp_size=dims.dp, seed=train.seed, split=split)
+    def loader(split: str, objective):
+        """(collator, loader): the objective fixes both the masks and the raw window length."""
+        collator = glm_collator(cfg.data, objective, seq_len=train.seq_len, seed=train.seed,
+                                global_batch_size=train.global_batch_size)
+        return collator, build_loader(cfg.data, collator, seq_len=train.seq_len,
+                                      raw_len=raw_length(objective, train.seq_len),
+                                      global_batch_size=train.global_batch_size,
+                                      micro_batch_size=train.micro_batch_size, dp_rank=dp_rank, dp_size=dims.dp,
+                                      seed=train.seed, split=split)
 
-    collator = glm_collator(cfg.data, cfg.objective, seq_len=train.seq_len, seed=train.seed,
-                            global_batch_size=train.global_batch_size)
-    train_loader = loader("train", collator)
-    eval_loader = loader("valid", collator) if cfg.eval.interval else None
+    collator, train_loader = loader("train", cfg.objective)
+    eval_collator, eval_loader = loader("valid", cfg.eval_objective()) if cfg.eval.interval else (collator, None)
 
     model_cfg = cfg.model.resolve(vocab_size=train_loader.vocab_size)
     if model_cfg.vocab_size < train_loader.vocab_size:
@@ -120,6 +124,7 @@ def build_setup(cfg: Config) -> Setup:
     return Setup(device=device, rank=dist.get_rank(), world_size=dims.world_size, dims=dims,
                  dp_group=mesh["dp"].get_group(), engine=engine, model_cfg=model_cfg, loader=train_loader,
                  eval_loader=eval_loader, strategy_names=collator.strategy_names,
+                 eval_strategy_names=eval_collator.strategy_names,
                  accumulation_steps=accumulation_steps)
 
 
