@@ -71,8 +71,10 @@ class GLMCollator:
         span_doc = np.searchsorted(docs.start, start, side="right") - 1
         row_text = np.bincount(docs.row, weights=docs.length, minlength=n_rows).astype(np.int64)
         keep = overflow_keep(docs.row[span_doc], row_text, self.seq_len)
-        self.stats["overflow_rows"] += int(np.unique(docs.row[span_doc[~keep]]).size)
-        start, end, mask_id, span_doc = start[keep], end[keep], mask_id[keep], span_doc[keep]
+        overflow = not keep.all()  # rare: skip the filtering otherwise
+        self.stats["overflow_rows"] += int(np.unique(docs.row[span_doc[~keep]]).size) if overflow else 0
+        if overflow:
+            start, end, mask_id, span_doc = start[keep], end[keep], mask_id[keep], span_doc[keep]
 
         seg_lengths, seg_rows = segments(docs.length, docs.row, n_rows, self.cfg.layout)
         span_seg = np.searchsorted(np.cumsum(seg_lengths), start, side="right")
@@ -88,25 +90,28 @@ class GLMCollator:
         masked_docs = np.bincount(span_doc, minlength=len(docs.start))
         self.stats["rows"] += n_rows
         self.stats["documents"] += len(docs.start)
-        self.stats["too_short"] += int((docs.maskable < 1).sum())
-        self.stats["context_only"] += int((masked_docs == 0).sum())
+        self.stats["too_short"] += len(docs.start) - int(np.count_nonzero(docs.maskable))
+        self.stats["context_only"] += len(docs.start) - int(np.count_nonzero(masked_docs))
         return batch
 
     def _draw_spans(self, docs: Documents, row_strategy: np.ndarray):
         """(start, end, mask id) of every span of the batch, sorted by start."""
+        if (row_strategy == row_strategy[0]).all():  # one strategy for the whole batch: no split, no merge
+            return self._strategy_spans(self.strategies[row_strategy[0]], docs)
         doc_strategy = row_strategy[docs.row]
-        starts, ends, mask_ids = [], [], []
+        parts = []
         for index, strategy in enumerate(self.strategies):
             chosen = doc_strategy == index
             if chosen.any():
-                start, end, fallbacks = strategy.spans(docs.select(chosen))
-                starts.append(start)
-                ends.append(end)
-                mask_ids.append(np.full(len(start), strategy.mask_id))
-                self.stats["span_fallbacks"] += fallbacks
-        by_start = np.argsort(np.concatenate(starts), kind="stable")
-        return (np.concatenate(starts)[by_start], np.concatenate(ends)[by_start],
-                np.concatenate(mask_ids)[by_start])
+                parts.append(self._strategy_spans(strategy, docs.select(chosen)))
+        start, end, mask_id = (np.concatenate(column) for column in zip(*parts))
+        by_start = np.argsort(start, kind="stable")
+        return start[by_start], end[by_start], mask_id[by_start]
+
+    def _strategy_spans(self, strategy, docs: Documents):
+        start, end, fallbacks = strategy.spans(docs)
+        self.stats["span_fallbacks"] += fallbacks
+        return start, end, np.full(len(start), strategy.mask_id)
 
     def _check(self, samples: Sequence[TextSample]) -> None:
         if len(samples) == 0:

@@ -13,12 +13,15 @@ Arithmetic wraps modulo 2**64 (numpy array ops never warn about it; inputs are m
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _TO_UNIT = 2.0 ** -53
+_SHIFT_30, _SHIFT_27, _SHIFT_31, _SHIFT_11 = (np.uint64(n) for n in (30, 27, 31, 11))
 
 # Stream ids: one per purpose, so adding a purpose never shifts the numbers of another.
 STREAM_MIXTURE = 1
@@ -30,15 +33,26 @@ STREAM_DOCUMENT = 6
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+    # In place on fresh temporaries: the arrays are small, so each saved allocation counts.
+    y = x >> _SHIFT_30
+    y ^= x
+    y *= _M1
+    x = y >> _SHIFT_27
+    x ^= y
+    x *= _M2
+    y = x >> _SHIFT_31
+    y ^= x
+    return y
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_base(seed: int) -> np.ndarray:
+    return _mix(np.asarray([seed % 2 ** 64], dtype=np.uint64) * _GAMMA + _GAMMA)
 
 
 def keys(seed: int, ids: np.ndarray | int) -> np.ndarray:
     """uint64 key per id, for ``seed`` (e.g. ids = sample ids, or sample_id // global_batch_size)."""
-    base = _mix(np.asarray([seed % 2 ** 64], dtype=np.uint64) * _GAMMA + _GAMMA)
-    return _mix(base ^ (np.atleast_1d(np.asarray(ids, dtype=np.uint64)) + np.uint64(1)) * _GAMMA)
+    return _mix(_seed_base(seed) ^ (np.atleast_1d(np.asarray(ids, dtype=np.uint64)) + np.uint64(1)) * _GAMMA)
 
 
 def subkeys(parent: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -50,4 +64,4 @@ def uniform(key: np.ndarray, stream: int, index: np.ndarray | int = 0) -> np.nda
     """Floats in [0, 1), one per element of ``broadcast(key, index)``, 53 random bits each."""
     counter = np.atleast_1d(np.asarray(index, dtype=np.uint64)) + np.uint64((stream << 32) + 1)
     bits = _mix(key + counter * _GAMMA)
-    return (bits >> np.uint64(11)).astype(np.float64) * _TO_UNIT
+    return (bits >> _SHIFT_11).astype(np.float64) * _TO_UNIT

@@ -23,22 +23,25 @@ class Documents:
     length: np.ndarray    # [D]
     lo: np.ndarray        # [D] first maskable offset (absolute)
     hi: np.ndarray        # [D] end of the maskable region (absolute, exclusive); hi - lo may be <= 0
+    maskable: np.ndarray  # [D] max(hi - lo, 0): tokens a span may cover
     row: np.ndarray       # [D] row of the document in the batch (non-decreasing)
     key: np.ndarray       # [D] uint64 random key of the document
     row_key: np.ndarray   # [D] uint64 random key of the document's row
 
     @classmethod
     def from_rows(cls, rows: list[list[np.ndarray]], row_keys: np.ndarray, cls_id: int) -> "Documents":
-        lengths = np.array([len(d) for docs in rows for d in docs], dtype=np.int64)
-        row = np.repeat(np.arange(len(rows)), [len(docs) for docs in rows])
-        tokens = np.concatenate([d for docs in rows for d in docs]).astype(np.int64, copy=False)
-        start = np.zeros(len(lengths), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=start[1:])
-        first_in_row = _starts_of_runs(row)
-        index_in_row = np.arange(len(row)) - np.maximum.accumulate(np.where(first_in_row, np.arange(len(row)), 0))
+        flat = [d for docs in rows for d in docs]
+        lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))       # [D]
+        docs_per_row = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))  # [R]
+        row = np.repeat(np.arange(len(rows)), docs_per_row)                           # [D]
+        tokens = np.concatenate(flat).astype(np.int64, copy=False)
+        start = np.cumsum(lengths) - lengths
+        index_in_row = np.arange(len(row)) - (np.cumsum(docs_per_row) - docs_per_row)[row]
         lo = start + (tokens[start] == cls_id)
-        return cls(tokens, start, lengths, lo, start + lengths - 1, row,
-                   rng.subkeys(row_keys[row], index_in_row), row_keys[row])
+        hi = start + lengths - 1
+        row_key = row_keys[row]
+        return cls(tokens, start, lengths, lo, hi, np.maximum(hi - lo, 0), row,
+                   rng.subkeys(row_key, index_in_row), row_key)
 
     def select(self, mask: np.ndarray) -> "Documents":
         """The documents where ``mask`` is true (tokens stay shared, offsets stay absolute)."""
@@ -49,10 +52,6 @@ class Documents:
     def end(self) -> np.ndarray:
         """End of each document (absolute, exclusive): document-level spans may run up to it."""
         return self.start + self.length
-
-    @property
-    def maskable(self) -> np.ndarray:
-        return np.maximum(self.hi - self.lo, 0)
 
 
 def _starts_of_runs(values: np.ndarray) -> np.ndarray:
