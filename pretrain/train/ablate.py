@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pretrain.config import Config, ConfigError, load_config, load_yaml, to_dict
 
-MARKER = "ablate.json"  # in a variant's run dir: its overrides and wall time, written once it finished
+MARKER = "ablate.json"  # in a variant's run dir: its overrides, wall time so far, whether it finished
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # ObjectiveConfig fields that change how a yardstick sample is encoded for the model, not which tokens
 # are masked: a variant may set them in eval.objective and stay comparable.
@@ -31,8 +31,8 @@ _ENCODING_FIELDS = ("block_positions", "layout")
 @dataclass
 class Variant:
     name: str
-    overrides: list[str]
-    cfg: Config  # resolved base + overrides, with run.dir = <out>/<name>
+    overrides: list[str]  # the sweep's for this variant, then the command line's
+    cfg: Config  # resolved base + overrides + run.dir=<out>/<name>
 
 
 def load_sweep(path: Path, out: Path, common: list[str]) -> tuple[Path, list[Variant]]:
@@ -53,9 +53,9 @@ def load_sweep(path: Path, out: Path, common: list[str]) -> tuple[Path, list[Var
         overrides = overrides or []
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
             raise ConfigError(f"{where}: expected a list of section.key=value strings, got {overrides!r}")
-        overrides = [*overrides, *common, f"run.dir={out / name}"]
+        overrides = [*overrides, *common]
         try:
-            cfg = load_config(base, overrides)
+            cfg = load_config(base, [*overrides, f"run.dir={out / name}"])
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from err
         variants.append(Variant(name, overrides, cfg))
@@ -76,37 +76,40 @@ def finished(cfg: Config) -> bool:
 
 
 def run_variant(variant: Variant, base: Path, nproc: int) -> tuple[float, bool]:
-    """Run (or skip) one variant; returns (wall seconds of the run that finished it, skipped)."""
+    """Run, resume or skip one variant; returns (its wall seconds over all invocations, skipped)."""
     run_dir = Path(variant.cfg.run.dir)
     marker = run_dir / MARKER
+    recorded = {"overrides": variant.overrides, "wall_s": 0.0, "finished": False}
     if marker.is_file():
         recorded = json.loads(marker.read_text(encoding="utf-8"))
-        if recorded["overrides"] != variant.overrides:
-            raise ConfigError(f"variant {variant.name!r}: {run_dir} finished with overrides {recorded['overrides']}, "
+        if recorded["overrides"] != variant.overrides:  # resuming would mix two configs in one run
+            raise ConfigError(f"variant {variant.name!r}: {run_dir} was run with overrides {recorded['overrides']}, "
                               f"the sweep now gives {variant.overrides}; delete {run_dir} or use another --out")
-        if finished(variant.cfg):
+        if recorded["finished"] and finished(variant.cfg):
             return recorded["wall_s"], True
     run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(recorded, indent=1), encoding="utf-8")
     log = run_dir / "train.log"
     start = time.perf_counter()
+    command = train_command(base, [*variant.overrides, f"run.dir={run_dir}"], nproc)
     with log.open("a", encoding="utf-8") as stream:
-        process = subprocess.Popen(train_command(base, variant.overrides, nproc), stdout=stream,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
         # Preemption (Slurm sends SIGTERM): the trainer saves a checkpoint and exits; a re-run resumes.
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
         try:
             code = process.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
-    wall = time.perf_counter() - start
+    recorded["wall_s"] += time.perf_counter() - start
+    recorded["finished"] = code == 0 and finished(variant.cfg)
+    marker.write_text(json.dumps(recorded, indent=1), encoding="utf-8")
     if code != 0:
         raise RuntimeError(f"variant {variant.name!r} failed with exit code {code}; see {log} (re-running the "
                            f"sweep resumes it from its last checkpoint)")
-    if not finished(variant.cfg):
+    if not recorded["finished"]:
         raise RuntimeError(f"variant {variant.name!r} stopped before step {variant.cfg.train.max_steps} (SIGTERM?); "
                            f"see {log}; re-run the sweep to resume it")
-    marker.write_text(json.dumps({"overrides": variant.overrides, "wall_s": wall}, indent=1), encoding="utf-8")
-    return wall, False
+    return recorded["wall_s"], False
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -156,8 +159,8 @@ def summary_markdown(variants: list[Variant], rows: list[dict]) -> str:
         lines += [f"NOT comparable across variants: {why}. Compare only a strategy's eval column between variants "
                   "that trained on it; set eval.objective in the base config for a common yardstick.", ""]
     lines += ["`train loss` is each variant's loss under its own training objective (last logged step): it is "
-              "not comparable across variants. `tokens/s` is the median over logged steps; `wall s` is the "
-              "run that finished the variant.", ""]
+              "not comparable across variants. `tokens/s` is the median over logged steps; `wall s` sums the "
+              "variant's invocations (a resumed variant includes each restart).", ""]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join("-" if row.get(k) is None else formats.get(k, "{}").format(row[k]) for k in keys)
               + " |" for row in rows]
