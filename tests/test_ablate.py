@@ -73,7 +73,8 @@ def test_sweep_summarizes_each_variant_from_its_metrics(sweep_out):
         assert float(row[6]) == pytest.approx(statistics.median(r["tokens_per_s"] for r in records), abs=0.5)
         marker = json.loads((out / row[0] / MARKER).read_text())
         assert float(row[7]) == pytest.approx(marker["wall_s"], abs=0.05) and marker["wall_s"] > 0
-        assert marker["finished"] and marker["overrides"] == ([] if row[0] == "token" else ["objective.strategy=causal"])
+        assert marker["finished"]
+        assert marker["overrides"] == ([] if row[0] == "token" else ["objective.strategy=causal"])
     causal_train = json.loads((out / "causal" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "loss/causal" in causal_train and "loss/token" not in causal_train
 
@@ -118,10 +119,13 @@ def test_summary_says_when_eval_losses_are_not_comparable(tmp_path):
                         eval_objective=None)
     _, variants = load_sweep(sweep, tmp_path / "out", [])
     assert "NOT comparable" in summary_markdown(variants, [])
-    sweep = write_sweep(tmp_path, tmp_path / "cache", {"a": [], "b": ["eval.objective.mask_ratio=0.3"]})
+    sweep = write_sweep(tmp_path, tmp_path / "cache", {
+        "a": [], "b": ["eval.objective.mask_ratio=0.3"], "c": ["train.seed=1"], "d": ["data.alpha=1.0"],
+        "same-task": ["eval.objective.layout=legacy", "data.num_workers=2", "train.lr=1e-3"]})
     _, variants = load_sweep(sweep, tmp_path / "out", [])
-    assert "NOT comparable across variants: the eval objective differs in variants ['b']" in \
+    assert "NOT comparable across variants: variants ['b', 'c', 'd'] are evaluated on other samples" in \
         summary_markdown(variants, [])
+    assert summary_markdown([variants[0], variants[-1]], []).startswith("# Ablation sweep\n\nComparable")
 
 
 def test_bench_rejects_unknown_name(capsys):

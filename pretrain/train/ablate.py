@@ -26,6 +26,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # ObjectiveConfig fields that change how a yardstick sample is encoded for the model, not which tokens
 # are masked: a variant may set them in eval.objective and stay comparable.
 _ENCODING_FIELDS = ("block_positions", "layout")
+# DataConfig fields that do not change which held-out tokens the eval reads.
+_DATA_PLUMBING = ("cache_dir", "num_workers", "verify_checksums")
 
 
 @dataclass
@@ -130,16 +132,20 @@ def variant_row(variant: Variant, wall_s: float) -> dict:
             "wall_s": wall_s}
 
 
-def differing_yardsticks(variants: list[Variant]) -> list[str]:
-    """Variants whose eval objective differs from the first one's in the masking task (encoding
-    fields left out): their eval losses are not comparable with the others'."""
-    def task(v: Variant) -> dict:
-        return {k: val for k, val in to_dict(v.cfg.eval_objective()).items() if k not in _ENCODING_FIELDS}
-    return [v.name for v in variants if task(v) != task(variants[0])]
+def differing_eval_sets(variants: list[Variant]) -> list[str]:
+    """Variants evaluated on other held-out samples or masks than the first one (their eval losses are
+    not comparable with the others'): the eval objective's masking task and whatever picks the
+    held-out windows (data, seed, seq_len, global_batch_size, eval.batches)."""
+    def eval_set(v: Variant) -> tuple:
+        objective = {k: val for k, val in to_dict(v.cfg.eval_objective()).items() if k not in _ENCODING_FIELDS}
+        data = {k: val for k, val in to_dict(v.cfg.data).items() if k not in _DATA_PLUMBING}
+        train = v.cfg.train
+        return objective, data, train.seed, train.seq_len, train.global_batch_size, v.cfg.eval.batches
+    return [v.name for v in variants if eval_set(v) != eval_set(variants[0])]
 
 
 def summary_markdown(variants: list[Variant], rows: list[dict]) -> str:
-    differing = differing_yardsticks(variants)
+    differing = differing_eval_sets(variants)
     fixed = all(v.cfg.eval.objective is not None for v in variants)
     strategies = sorted({k for row in rows for k in row if k.startswith("eval/loss/")})
     columns = ["variant", "step", "train loss (own objective)", "eval step", "eval loss",
@@ -149,12 +155,14 @@ def summary_markdown(variants: list[Variant], rows: list[dict]) -> str:
     keys = ["variant", "step", "loss", "eval_step", "eval/loss", *strategies, "tokens_per_s", "wall_s"]
     lines = ["# Ablation sweep", ""]
     if fixed and not differing:
+        yardstick = json.dumps(variants[0].cfg.eval.objective)
         lines += ["Comparable across variants: `eval loss` and the per-strategy eval columns. Every variant is "
                   "evaluated on the same held-out windows with the same masks, under the common eval objective "
-                  f"`{json.dumps(variants[0].cfg.eval.objective)}` (other fields: defaults); variants may differ only in how it is encoded "
+                  f"`{yardstick}` (other fields: defaults); variants may differ only in how it is encoded "
                   f"({', '.join(_ENCODING_FIELDS)}).", ""]
     else:
-        why = (f"the eval objective differs in variants {differing}" if differing else
+        why = (f"variants {differing} are evaluated on other samples or masks (eval.objective, data, seed, "
+               "seq_len, global_batch_size or eval.batches differ)" if differing else
                "some variants set no eval.objective and are evaluated under their own training objective")
         lines += [f"NOT comparable across variants: {why}. Compare only a strategy's eval column between variants "
                   "that trained on it; set eval.objective in the base config for a common yardstick.", ""]
