@@ -134,3 +134,10 @@ def test_bench_rejects_unknown_name(capsys):
     assert "unknown benchmark 'no-such-bench'" in err
     for name in ("attention", "collator", "data", "train_step"):
         assert name in err
+
+
+def test_bench_outside_a_source_checkout_says_so(tmp_path, monkeypatch, capsys):
+    from pretrain import bench_cli
+    monkeypatch.setattr(bench_cli, "BENCH_DIR", tmp_path / "installed" / "bench")
+    assert cli(["bench", "collator"]) == 2
+    assert "source checkout" in capsys.readouterr().err
