@@ -103,29 +103,30 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     run_pos = np.zeros(n_runs, dtype=np.int64)
     run_seg = np.empty(n_runs, dtype=np.int64)
     run_block = np.zeros(n_runs, dtype=np.int64)
-    text_slope = np.zeros(n_runs, dtype=bool)
     seg_in_row = np.arange(n_seg) - row_first_seg[seg_rows]
     for runs, seg in ((piece_run, span_seg), (tail_run, np.arange(n_seg))):
         run_kind[runs], run_pos[runs], run_seg[runs] = 0, -seg_out[seg], seg_in_row[seg]
+    # A block (its sop run, then its text run) counts block positions 1..len+1 from its sop.
+    block = 1 - run_out[sop_run] if block_positions else 1
     for runs in (sop_run, sop_run + 1):
-        run_pos[runs], run_seg[runs] = mask_pos, seg_in_row[span_seg]
+        run_pos[runs], run_seg[runs], run_block[runs] = mask_pos, seg_in_row[span_seg], block
     run_kind[pad_run], run_seg[pad_run] = 2, -1
-    run_block[sop_run] = 1
-    if block_positions:
-        run_block[sop_run + 1], text_slope[sop_run + 1] = 2 - run_out[sop_run + 1], True
-    else:
-        run_block[sop_run + 1] = 1
 
+    # Full-size arrays are filled in place where possible: at large batches fresh temporaries
+    # cost page faults, not just arithmetic.
     flat = np.arange(n_rows * seq_len)
     table = np.concatenate([tokens, tokens, [sop_id], np.full(seq_len, pad_id)])
     table[n_tok + spans.start] = spans.mask_id
-    input_ids = table[flat + np.repeat(run_src - run_out, run_len)]
+    source = np.repeat(run_src - run_out, run_len)
+    source += flat
+    input_ids = table[source]
     kind = np.repeat(run_kind, run_len)
     part_a, part_b = kind == 0, kind == 1
-    position_ids = np.repeat(run_pos, run_len) + flat * part_a
+    position_ids = np.repeat(run_pos, run_len)
+    np.add(position_ids, flat, out=position_ids, where=part_a)
     block_position_ids = np.repeat(run_block, run_len)
     if block_positions:
-        block_position_ids += flat * np.repeat(text_slope, run_len)
+        np.add(block_position_ids, flat, out=block_position_ids, where=part_b)
     # Targets are the inputs shifted by one inside Part B (eop closes each block); Part A targets
     # are placeholders (copies of the inputs) under loss 0, as in the reference.
     target_ids = input_ids.copy()
