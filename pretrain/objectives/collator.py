@@ -56,7 +56,7 @@ class GLMCollator:
             return np.zeros(len(sample_ids), dtype=np.int64)
         ids = sample_ids // self.global_batch_size if self.cfg.mixture_level == "batch" else sample_ids
         u = rng.uniform(rng.keys(self.seed, ids), rng.STREAM_MIXTURE)
-        return np.minimum(np.searchsorted(self._cum_weights, u, side="right"), len(self.strategies) - 1)
+        return np.minimum(self._cum_weights.searchsorted(u, side="right"), len(self.strategies) - 1)
 
     def build(self, samples: Sequence[TextSample]) -> dict[str, np.ndarray]:
         """The batch as numpy arrays (same keys and dtypes as ``__call__``)."""
@@ -68,7 +68,7 @@ class GLMCollator:
         row_strategy = self.row_strategies(sample_ids)
         start, end, mask_id = self._draw_spans(docs, row_strategy)
 
-        span_doc = np.searchsorted(docs.start, start, side="right") - 1
+        span_doc = docs.start.searchsorted(start, side="right") - 1
         row_text = np.bincount(docs.row, weights=docs.length, minlength=n_rows).astype(np.int64)
         keep = overflow_keep(docs.row[span_doc], row_text, self.seq_len)
         overflow = not keep.all()  # rare: skip the filtering otherwise
@@ -77,7 +77,7 @@ class GLMCollator:
             start, end, mask_id, span_doc = start[keep], end[keep], mask_id[keep], span_doc[keep]
 
         seg_lengths, seg_rows = segments(docs.length, docs.row, n_rows, self.cfg.layout)
-        span_seg = np.searchsorted(np.cumsum(seg_lengths), start, side="right")
+        span_seg = seg_lengths.cumsum().searchsorted(start, side="right")
         # Part-B order per segment, keyed by its document (packed) or its row (legacy).
         seg_key = docs.key if self.cfg.layout == "packed" else docs.row_key
         rank = part_b_rank(span_seg, seg_key[span_doc], self.cfg.shuffle_order)
@@ -105,7 +105,7 @@ class GLMCollator:
             if chosen.any():
                 parts.append(self._strategy_spans(strategy, docs.select(chosen)))
         start, end, mask_id = (np.concatenate(column) for column in zip(*parts))
-        by_start = np.argsort(start, kind="stable")
+        by_start = start.argsort(kind="stable")
         return start[by_start], end[by_start], mask_id[by_start]
 
     def _strategy_spans(self, strategy, docs: Documents):

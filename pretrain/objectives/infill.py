@@ -36,7 +36,7 @@ class Spans:
 
 def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
     out = np.zeros(len(x) + 1, dtype=np.int64)
-    np.cumsum(x, out=out[1:])
+    x.cumsum(out=out[1:])
     return out
 
 
@@ -59,12 +59,12 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     n_tok, n_seg, n_span = len(tokens), len(seg_lengths), len(spans.start)
     span_len = spans.end - spans.start                                                # [K]
     seg_first_tok = _exclusive_cumsum(seg_lengths)                                    # [G+1]
-    span_seg = np.searchsorted(seg_first_tok, spans.start, side="right") - 1         # [K]
+    span_seg = seg_first_tok.searchsorted(spans.start, side="right") - 1         # [K]
     seg_n_spans = np.bincount(span_seg, minlength=n_seg)                              # [G]
     seg_first_span = _exclusive_cumsum(seg_n_spans)                                   # [G+1]
     seg_out_len = seg_lengths + 2 * seg_n_spans
     out_cum = _exclusive_cumsum(seg_out_len)
-    row_first_seg = np.searchsorted(seg_rows, np.arange(n_rows + 1))                  # [B+1]
+    row_first_seg = seg_rows.searchsorted(np.arange(n_rows + 1))                  # [B+1]
     row_used = out_cum[row_first_seg[1:]] - out_cum[row_first_seg[:-1]]               # [B]
     if (row_used > seq_len).any():
         row = int(np.argmax(row_used > seq_len))
@@ -96,7 +96,7 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
 
     # Per-run values of the outputs that are affine in the flat index.
     seg_out = run_out[seg_run]                                                        # [G] flat start
-    masked_before = np.cumsum(span_len - 1) - (span_len - 1)
+    masked_before = (span_len - 1).cumsum() - (span_len - 1)
     mask_pos = (spans.start - seg_first_tok[span_seg]
                 - (masked_before - masked_before[seg_first_span[span_seg]]))          # [K] index in Part A
     run_kind = np.full(n_runs, 1, dtype=np.int8)              # 0 Part A, 1 Part B, 2 padding
@@ -117,14 +117,14 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     flat = np.arange(n_rows * seq_len)
     table = np.concatenate([tokens, tokens, [sop_id], np.full(seq_len, pad_id)])
     table[n_tok + spans.start] = spans.mask_id
-    source = np.repeat(run_src - run_out, run_len)
+    source = (run_src - run_out).repeat(run_len)
     source += flat
     input_ids = table[source]
-    kind = np.repeat(run_kind, run_len)
+    kind = run_kind.repeat(run_len)
     part_a, part_b = kind == 0, kind == 1
-    position_ids = np.repeat(run_pos, run_len)
+    position_ids = run_pos.repeat(run_len)
     np.add(position_ids, flat, out=position_ids, where=part_a)
-    block_position_ids = np.repeat(run_block, run_len)
+    block_position_ids = run_block.repeat(run_len)
     if block_positions:
         np.add(block_position_ids, flat, out=block_position_ids, where=part_b)
     # Targets are the inputs shifted by one inside Part B (eop closes each block); Part A targets
@@ -137,7 +137,7 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
         "input_ids": input_ids.reshape(shape), "target_ids": target_ids.reshape(shape),
         "loss_mask": part_b.astype(np.float32).reshape(shape), "position_ids": position_ids.reshape(shape),
         "block_position_ids": block_position_ids.reshape(shape),
-        "segment_ids": np.repeat(run_seg, run_len).reshape(shape), "part_a": part_a.reshape(shape),
+        "segment_ids": run_seg.repeat(run_len).reshape(shape), "part_a": part_a.reshape(shape),
     }
 
 

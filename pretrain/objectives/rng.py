@@ -17,11 +17,11 @@ import functools
 
 import numpy as np
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+# 0-d arrays rather than numpy scalars: array-with-0-d-array ufuncs dispatch faster, and the
+# arrays here are small enough for that to matter.
+_GAMMA, _M1, _M2 = (np.array(c, dtype=np.uint64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+_ONE, _SHIFT_30, _SHIFT_27, _SHIFT_31, _SHIFT_11 = (np.array(n, dtype=np.uint64) for n in (1, 30, 27, 31, 11))
 _TO_UNIT = 2.0 ** -53
-_SHIFT_30, _SHIFT_27, _SHIFT_31, _SHIFT_11 = (np.uint64(n) for n in (30, 27, 31, 11))
 
 # Stream ids: one per purpose, so adding a purpose never shifts the numbers of another.
 STREAM_MIXTURE = 1
@@ -52,12 +52,12 @@ def _seed_base(seed: int) -> np.ndarray:
 
 def keys(seed: int, ids: np.ndarray | int) -> np.ndarray:
     """uint64 key per id, for ``seed`` (e.g. ids = sample ids, or sample_id // global_batch_size)."""
-    return _mix(_seed_base(seed) ^ (np.atleast_1d(np.asarray(ids, dtype=np.uint64)) + np.uint64(1)) * _GAMMA)
+    return _mix(_seed_base(seed) ^ (np.atleast_1d(np.asarray(ids, dtype=np.uint64)) + _ONE) * _GAMMA)
 
 
 def subkeys(parent: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Independent child keys (e.g. one per document of a row) from the parent keys."""
-    return _mix(_mix(parent ^ _M2) + (np.atleast_1d(np.asarray(index, dtype=np.uint64)) + np.uint64(1)) * _GAMMA)
+    return _mix(_mix(parent ^ _M2) + (np.atleast_1d(np.asarray(index, dtype=np.uint64)) + _ONE) * _GAMMA)
 
 
 def uniform(key: np.ndarray, stream: int, index: np.ndarray | int = 0) -> np.ndarray:

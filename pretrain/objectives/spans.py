@@ -33,10 +33,10 @@ class Documents:
         flat = [d for docs in rows for d in docs]
         lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))       # [D]
         docs_per_row = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))  # [R]
-        row = np.repeat(np.arange(len(rows)), docs_per_row)                           # [D]
+        row = np.arange(len(rows)).repeat(docs_per_row)                           # [D]
         tokens = np.concatenate(flat).astype(np.int64, copy=False)
-        start = np.cumsum(lengths) - lengths
-        index_in_row = np.arange(len(row)) - (np.cumsum(docs_per_row) - docs_per_row)[row]
+        start = lengths.cumsum() - lengths
+        index_in_row = np.arange(len(row)) - (docs_per_row.cumsum() - docs_per_row)[row]
         lo = start + (tokens[start] == cls_id)
         hi = start + lengths - 1
         row_key = row_keys[row]
@@ -98,30 +98,30 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
     first_in_row = _starts_of_runs(docs.row)
     row_first_doc = np.flatnonzero(first_in_row)
     last_in_row = np.append(row_first_doc[1:] - 1, n_doc - 1)
-    doc_row = np.cumsum(first_in_row) - 1                                    # [D] local row index
-    cum_len = np.cumsum(docs.length)
+    doc_row = first_in_row.cumsum() - 1                                    # [D] local row index
+    cum_len = docs.length.cumsum()
     row_base_len = (cum_len - docs.length)[row_first_doc]
     target = ratio * (cum_len - row_base_len[doc_row])                       # [D] running row target
 
     # One stream of lengths per row; ceil(row target) draws always suffice since every length >= 1.
     n_draw = np.ceil(target[last_in_row]).astype(np.int64)                   # [R]
     draw_first = _exclusive_cumsum(n_draw)
-    draw_row = np.repeat(np.arange(len(n_draw)), n_draw)
+    draw_row = np.arange(len(n_draw)).repeat(n_draw)
     draw_index = np.arange(n_draw.sum()) - draw_first[draw_row]
     draw_key = docs.row_key[row_first_doc][draw_row]
-    lengths = np.searchsorted(cdf, rng.uniform(draw_key, rng.STREAM_SPAN_LENGTH, draw_index), side="right") + 1
-    covered = np.cumsum(lengths)
+    lengths = cdf.searchsorted(rng.uniform(draw_key, rng.STREAM_SPAN_LENGTH, draw_index), side="right") + 1
+    covered = lengths.cumsum()
     covered_before_row = covered[draw_first] - lengths[draw_first]
-    doc_end = np.searchsorted(covered, covered_before_row[doc_row] + target, side="left") + 1
+    doc_end = covered.searchsorted(covered_before_row[doc_row] + target, side="left") + 1
     doc_begin = np.where(first_in_row, draw_first[doc_row], np.concatenate(([0], doc_end[:-1])))
     n_spans = doc_end - doc_begin                                            # [D]
 
-    span_doc = np.repeat(np.arange(n_doc), n_spans)                          # [K]
+    span_doc = np.arange(n_doc).repeat(n_spans)                          # [K]
     span_first = _exclusive_cumsum(n_spans)
     draw = np.arange(len(span_doc)) - span_first[span_doc] + doc_begin[span_doc]
     span_len = lengths[draw]
     # Keep the longest prefix of each document's list that fits with one-token gaps.
-    need = np.cumsum(span_len + 1)
+    need = (span_len + 1).cumsum()
     need = need - (need - span_len - 1)[span_first[span_doc]] - 1            # [K] room for spans 0..k
     fits = need <= docs.maskable[span_doc]
     reduced = span_doc[~fits & (docs.maskable[span_doc] > 0)]
@@ -130,7 +130,7 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
 
     n_kept = np.bincount(span_doc, minlength=n_doc)
     kept_first = _exclusive_cumsum(n_kept)
-    room = np.cumsum(span_len + 1)
+    room = (span_len + 1).cumsum()
     before = room - span_len - 1 - (room - span_len - 1)[kept_first[span_doc]]   # [K] sum of (len+1) before
     slack = docs.maskable - np.bincount(span_doc, weights=span_len + 1, minlength=n_doc).astype(np.int64) + 1
     place_u = rng.uniform(docs.row_key[span_doc], rng.STREAM_SPAN_PLACE, draw - draw_first[doc_row[span_doc]])
