@@ -62,7 +62,7 @@ class GLMCollator:
         """The batch as numpy arrays (same keys and dtypes as ``__call__``)."""
         self._check(samples)
         n_rows = len(samples)
-        sample_ids = np.array([s.sample_id for s in samples], dtype=np.int64)
+        sample_ids = np.fromiter((s.sample_id for s in samples), dtype=np.int64, count=n_rows)
         docs = Documents.from_rows([s.documents for s in samples], rng.keys(self.seed, sample_ids),
                                    self.special.cls)
         row_strategy = self.row_strategies(sample_ids)

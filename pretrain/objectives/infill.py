@@ -59,14 +59,14 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     n_tok, n_seg, n_span = len(tokens), len(seg_lengths), len(spans.start)
     span_len = spans.end - spans.start                                                # [K]
     seg_first_tok = _exclusive_cumsum(seg_lengths)                                    # [G+1]
-    span_seg = seg_first_tok.searchsorted(spans.start, side="right") - 1         # [K]
+    span_seg = seg_first_tok.searchsorted(spans.start, side="right") - 1              # [K]
     seg_n_spans = np.bincount(span_seg, minlength=n_seg)                              # [G]
     seg_first_span = _exclusive_cumsum(seg_n_spans)                                   # [G+1]
     seg_out_len = seg_lengths + 2 * seg_n_spans
     out_cum = _exclusive_cumsum(seg_out_len)
-    row_first_seg = seg_rows.searchsorted(np.arange(n_rows + 1))                  # [B+1]
+    row_first_seg = seg_rows.searchsorted(np.arange(n_rows + 1))                      # [B+1]
     row_used = out_cum[row_first_seg[1:]] - out_cum[row_first_seg[:-1]]               # [B]
-    if (row_used > seq_len).any():
+    if row_used.max() > seq_len:
         row = int(np.argmax(row_used > seq_len))
         raise ValueError(f"row {row} needs {row_used[row]} tokens (text + 2 per span) but seq_len is "
                          f"{seq_len}; drop spans or shorten the text before laying out")

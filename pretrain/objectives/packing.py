@@ -48,7 +48,7 @@ def overflow_keep(span_row: np.ndarray, row_text: np.ndarray, seq_len: int) -> n
     n_rows = len(row_text)
     n_spans = np.bincount(span_row, minlength=n_rows)
     n_drop = np.maximum(0, row_text + 2 * n_spans - seq_len + 1) // 2                # [R]
-    from_end = n_spans.cumsum()[span_row] - 1 - np.arange(len(span_row))            # [K]
+    from_end = n_spans.cumsum()[span_row] - 1 - np.arange(len(span_row))              # [K]
     return from_end >= n_drop[span_row]
 
 
@@ -57,7 +57,7 @@ def part_b_rank(span_seg: np.ndarray, span_key: np.ndarray, shuffle: bool) -> np
 
     ``span_seg`` is non-decreasing; ``span_key`` is the random key of each span's row."""
     n = len(span_seg)
-    first = span_seg.searchsorted(span_seg)                                       # [K]
+    first = span_seg.searchsorted(span_seg)                                           # [K]
     index = np.arange(n) - first
     if not shuffle:
         return index

@@ -96,8 +96,8 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, 0
     first_in_row = _starts_of_runs(docs.row)
-    row_first_doc = np.flatnonzero(first_in_row)
-    last_in_row = np.append(row_first_doc[1:] - 1, n_doc - 1)
+    row_first_doc = first_in_row.nonzero()[0]
+    last_in_row = np.concatenate((row_first_doc[1:] - 1, [n_doc - 1]))
     doc_row = first_in_row.cumsum() - 1                                    # [D] local row index
     cum_len = docs.length.cumsum()
     row_base_len = (cum_len - docs.length)[row_first_doc]
@@ -124,14 +124,14 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
     need = (span_len + 1).cumsum()
     need = need - (need - span_len - 1)[span_first[span_doc]] - 1            # [K] room for spans 0..k
     fits = need <= docs.maskable[span_doc]
-    reduced = span_doc[~fits & (docs.maskable[span_doc] > 0)]
-    n_fallback = int(np.count_nonzero(np.bincount(reduced, minlength=n_doc)))
-    span_doc, span_len, draw = span_doc[fits], span_len[fits], draw[fits]
+    n_fallback = 0
+    if not fits.all():
+        reduced = span_doc[~fits & (docs.maskable[span_doc] > 0)]
+        n_fallback = int(np.count_nonzero(np.bincount(reduced, minlength=n_doc)))
+        span_doc, span_len, draw, need = span_doc[fits], span_len[fits], draw[fits], need[fits]
 
-    n_kept = np.bincount(span_doc, minlength=n_doc)
-    kept_first = _exclusive_cumsum(n_kept)
-    room = (span_len + 1).cumsum()
-    before = room - span_len - 1 - (room - span_len - 1)[kept_first[span_doc]]   # [K] sum of (len+1) before
+    # The kept spans are a prefix of each document's list, so ``need`` still holds their room.
+    before = need - span_len                                                 # [K] sum of (len+1) before
     slack = docs.maskable - np.bincount(span_doc, weights=span_len + 1, minlength=n_doc).astype(np.int64) + 1
     place_u = rng.uniform(docs.row_key[span_doc], rng.STREAM_SPAN_PLACE, draw - draw_first[doc_row[span_doc]])
     place = (place_u * (slack[span_doc] + 1)).astype(np.int64)
