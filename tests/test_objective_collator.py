@@ -45,6 +45,20 @@ def test_rows_depend_only_on_seed_and_sample_id():
     assert (other_seed["input_ids"] != whole["input_ids"]).any()
 
 
+def test_rows_built_alone_match_rows_built_in_a_batch_that_mixes_strategies():
+    # One row per call takes the one-strategy path; a batch of mixed strategies splits and merges.
+    cfg = ObjectiveConfig(strategy="glm-10b", mixture_level="sample")
+    rows = samples(range(16))
+    mixed = GLMCollator(cfg, S, 96, seed=2, global_batch_size=8, sentence_end_ids=END_IDS)
+    batch = mixed.build(rows)
+    assert set(batch["strategy_ids"].max(axis=1).tolist()) == {0, 1, 2}
+    alone = GLMCollator(cfg, S, 96, seed=2, global_batch_size=8, sentence_end_ids=END_IDS)
+    singles = [alone.build([row]) for row in rows]
+    for key in batch:
+        assert (np.concatenate([single[key] for single in singles]) == batch[key]).all(), key
+    assert alone.stats == mixed.stats
+
+
 def test_per_batch_mixture_gives_one_strategy_per_global_batch():
     collator = GLMCollator(ObjectiveConfig(strategy="glm-130b"), S, 96, seed=3, global_batch_size=4)
     batch = collator.build(samples(range(64)))
