@@ -183,6 +183,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     dtype: typing.Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # full: every rank builds and initializes the whole model, then shards it (bit-identical to a
+    # single process). meta: build on the meta device, shard, then allocate and initialize only the
+    # local shards: no rank ever holds the full weights (large presets on GPU nodes; torch engine).
+    init_device: typing.Literal["full", "meta"] = "full"
 
     def validate(self) -> None:
         for name in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "max_consecutive_nonfinite"):

@@ -13,6 +13,7 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from pretrain.config import Config, ConfigError
 from pretrain.parallel.engine import TorchEngine
+from pretrain.parallel.materialize import materialize
 from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed, world_size_from_env
 from pretrain.parallel.parallelize import parallelize
 from pretrain.parallel.tp import check_tp_divisibility
@@ -42,9 +43,13 @@ class Setup:
 
 
 def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
-    """Checks that need the world size; raises ConfigError saying what to change."""
+    """Checks across config sections and those that need the world size; raises ConfigError saying what
+    to change."""
     dims = ParallelDims(world_size, cfg.parallel.tp)
     train = cfg.train
+    if train.init_device == "meta" and cfg.parallel.engine == "deepspeed":
+        raise ConfigError("train.init_device=meta needs parallel.engine=torch (the deepspeed engine takes a "
+                          "materialized model); set parallel.engine=torch or train.init_device=full")
     try:
         dims.validate()
     except ValueError as err:
@@ -113,11 +118,15 @@ def build_setup(cfg: Config) -> Setup:
                           f"{train_loader.vocab_size}; raise it (or remove it to use the tokenizer's)")
     _check_model_fits(model_cfg, cfg)
 
-    torch.manual_seed(train.seed)  # the same full initialization on every rank, then sharded
-    model = GLMModel(model_cfg).to(device)
+    if train.init_device == "meta":
+        with torch.device("meta"):  # shapes only: initialized after sharding (build_engine)
+            model = GLMModel(model_cfg)
+    else:
+        torch.manual_seed(train.seed)  # the same full initialization on every rank, then sharded
+        model = GLMModel(model_cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     accumulation_steps = train.global_batch_size // (train.micro_batch_size * dims.dp)
-    engine = build_engine(cfg, model, mesh, dims, accumulation_steps, resolve_dtype(train.dtype, device))
+    engine = build_engine(cfg, model, mesh, dims, accumulation_steps, resolve_dtype(train.dtype, device), device)
     logger.info("model %s: %.2fM parameters, %s engine, dp=%d tp=%d, %d micro-batches per step",
                 cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.dp, dims.tp,
                 accumulation_steps)
@@ -129,7 +138,7 @@ def build_setup(cfg: Config) -> Setup:
 
 
 def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: ParallelDims, accumulation_steps: int,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, device: torch.device):
     if cfg.parallel.engine == "deepspeed":
         from pretrain.parallel.deepspeed_engine import DeepSpeedEngine
         return DeepSpeedEngine(model, build_optimizer(model, cfg.train), cfg, dims, accumulation_steps,
@@ -137,5 +146,7 @@ def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: Parallel
     model = parallelize(model, mesh, sequence_parallel=cfg.parallel.sequence_parallel,
                         activation_checkpointing=cfg.train.activation_checkpointing, compile=cfg.train.compile,
                         param_dtype=dtype, reshard_after_forward=cfg.parallel.fsdp == "full")
+    if cfg.train.init_device == "meta":
+        materialize(model, device, cfg.train.seed)
     return TorchEngine(model, build_optimizer(model, cfg.train))
 
