@@ -1,4 +1,6 @@
 """Shared pytest fixtures. Each block is owned by the package named in its comment; keep edits additive."""
+import socket
+
 import numpy as np
 import pytest
 import torch
@@ -31,3 +33,15 @@ def _glm_random_layout(seed: int, batch: int, seq_len: int) -> tuple[torch.Tenso
 @pytest.fixture(scope="session")  # a pure function of (seed, batch, seq_len): safe under hypothesis
 def glm_random_layout():
     return _glm_random_layout
+
+
+# --- pretrain.train / pretrain.parallel ---------------------------------------------------------------
+@pytest.fixture
+def single_process_env(monkeypatch):
+    """The environment torchrun gives a world of one (a free loopback port), for in-process gloo groups."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)

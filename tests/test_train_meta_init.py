@@ -4,8 +4,6 @@ build's under the same seed, so a meta run reproduces a full run step for step a
 """
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -74,14 +72,8 @@ def test_meta_init_with_deepspeed_is_refused_with_a_fix():
 
 # --- on a one-process gloo group: parameters are DTensors (FSDP2 at dp=1) -------------------------------
 @pytest.fixture
-def mesh(monkeypatch):
+def mesh(single_process_env):
     from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(port)).items():
-        monkeypatch.setenv(key, value)
     init_distributed("cpu")
     yield build_mesh("cpu", ParallelDims(1, 1))
     dist.destroy_process_group()

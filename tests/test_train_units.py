@@ -4,7 +4,6 @@ Trainer on a one-process gloo group."""
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -153,16 +152,10 @@ def test_latest_checkpoint_ignores_partial_and_incomplete(tmp_path):
 
 # --- a real Trainer on a one-process group ---------------------------------------------------------
 @pytest.fixture
-def trainer_factory(tmp_path_factory, monkeypatch):
+def trainer_factory(tmp_path_factory, single_process_env):
     from pretrain.data.corpus import prepare_embedded_corpus
     cache = tmp_path_factory.getbasetemp() / "train-corpus"  # shared with test_train_distributed.py
     prepare_embedded_corpus(cache)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(port)).items():
-        monkeypatch.setenv(key, value)
 
     def make(run_dir: Path, *overrides: str):
         from pretrain.train.loop import Trainer
