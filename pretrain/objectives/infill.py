@@ -34,7 +34,8 @@ class Spans:
     rank: np.ndarray     # [K] int64, position of the span in its segment's Part B (a permutation)
 
 
-def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
+def offsets(x: np.ndarray) -> np.ndarray:
+    """[0, x0, x0 + x1, ..., total]: where each group of sizes ``x`` begins, then where the last ends."""
     out = np.zeros(len(x) + 1, dtype=np.int64)
     x.cumsum(out=out[1:])
     return out
@@ -58,12 +59,12 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     """
     n_tok, n_seg, n_span = len(tokens), len(seg_lengths), len(spans.start)
     span_len = spans.end - spans.start                                                # [K]
-    seg_first_tok = _exclusive_cumsum(seg_lengths)                                    # [G+1]
+    seg_first_tok = offsets(seg_lengths)                                    # [G+1]
     span_seg = seg_first_tok.searchsorted(spans.start, side="right") - 1              # [K]
     seg_n_spans = np.bincount(span_seg, minlength=n_seg)                              # [G]
-    seg_first_span = _exclusive_cumsum(seg_n_spans)                                   # [G+1]
+    seg_first_span = offsets(seg_n_spans)                                   # [G+1]
     seg_out_len = seg_lengths + 2 * seg_n_spans
-    out_cum = _exclusive_cumsum(seg_out_len)
+    out_cum = offsets(seg_out_len)
     row_first_seg = seg_rows.searchsorted(np.arange(n_rows + 1))                      # [B+1]
     row_used = out_cum[row_first_seg[1:]] - out_cum[row_first_seg[:-1]]               # [B]
     if row_used.max() > seq_len:
@@ -92,7 +93,7 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     run_len[sop_run], run_src[sop_run] = 1, 2 * n_tok
     run_len[sop_run + 1], run_src[sop_run + 1] = span_len, spans.start
     run_len[pad_run], run_src[pad_run] = seq_len - row_used, 2 * n_tok + 1
-    run_out = _exclusive_cumsum(run_len)[:-1]                 # rows are exactly seq_len: flat offsets
+    run_out = offsets(run_len)[:-1]                 # rows are exactly seq_len: flat offsets
 
     # Per-run values of the outputs that are affine in the flat index.
     seg_out = run_out[seg_run]                                                        # [G] flat start

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from pretrain.objectives import rng
+from pretrain.objectives.infill import offsets
 
 
 @dataclass
@@ -62,13 +63,6 @@ def _starts_of_runs(values: np.ndarray) -> np.ndarray:
     return first
 
 
-def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
-    """[0, x0, x0 + x1, ...] without the total: where each group of sizes ``x`` begins."""
-    out = np.zeros(len(x), dtype=np.int64)
-    np.cumsum(x[:-1], out=out[1:])
-    return out
-
-
 def length_cdf(poisson_lambda: float, max_length: int) -> np.ndarray:
     """CDF of Poisson(lambda) truncated to 1..max_length: cdf[k-1] = P(L <= k); cdf[-1] == 1."""
     k = np.arange(1, max_length + 1)
@@ -105,7 +99,7 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
 
     # One stream of lengths per row; ceil(row target) draws always suffice since every length >= 1.
     n_draw = np.ceil(target[last_in_row]).astype(np.int64)                   # [R]
-    draw_first = _exclusive_cumsum(n_draw)
+    draw_first = offsets(n_draw)[:-1]
     draw_row = np.arange(len(n_draw)).repeat(n_draw)
     draw_index = np.arange(n_draw.sum()) - draw_first[draw_row]
     draw_key = docs.row_key[row_first_doc][draw_row]
@@ -117,7 +111,7 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray) -> tuple[np.ndar
     n_spans = doc_end - doc_begin                                            # [D]
 
     span_doc = np.arange(n_doc).repeat(n_spans)                          # [K]
-    span_first = _exclusive_cumsum(n_spans)
+    span_first = offsets(n_spans)[:-1]
     draw = np.arange(len(span_doc)) - span_first[span_doc] + doc_begin[span_doc]
     span_len = lengths[draw]
     # Keep the longest prefix of each document's list that fits with one-token gaps.
