@@ -32,13 +32,15 @@ def sentence_end_ids(token_texts: Sequence[str]) -> np.ndarray:
 
 class Strategy:
     name = ""
+    mask_role = ""
 
     def __init__(self, cfg: ObjectiveConfig, special: SpecialTokens):
         self.cfg, self.special = cfg, special
 
     @property
     def mask_id(self) -> int:
-        raise NotImplementedError
+        """The Part-A token that replaces this strategy's spans (a ``SpecialTokens`` role)."""
+        return getattr(self.special, self.mask_role)
 
     def spans(self, docs: Documents) -> tuple[np.ndarray, np.ndarray, int]:
         """(start, end) of all spans of ``docs`` sorted by start, and the count of fallbacks."""
@@ -60,14 +62,11 @@ class Strategy:
 class TokenStrategy(Strategy):
     """[MASK] spans with Poisson lengths covering ``mask_ratio`` of the tokens (the GLM objective)."""
     name = "token"
+    mask_role = "mask"
 
     def __init__(self, cfg: ObjectiveConfig, special: SpecialTokens):
         super().__init__(cfg, special)
         self.cdf = length_cdf(cfg.poisson_lambda, cfg.max_span_length)
-
-    @property
-    def mask_id(self) -> int:
-        return self.special.mask
 
     def spans(self, docs):
         return token_spans(docs, self.cfg.mask_ratio, self.cdf)
@@ -76,6 +75,7 @@ class TokenStrategy(Strategy):
 class SentenceStrategy(Strategy):
     """[sMASK] whole sentences, chosen in random order until ``sentence_ratio`` of each document."""
     name = "sentence"
+    mask_role = "smask"
 
     def __init__(self, cfg: ObjectiveConfig, special: SpecialTokens, end_ids: np.ndarray | None):
         super().__init__(cfg, special)
@@ -83,10 +83,6 @@ class SentenceStrategy(Strategy):
             raise ValueError("the sentence strategy needs the sentence-end token ids: pass "
                              "sentence_end_ids=pretrain.objectives.sentence_end_ids(<decoded token texts>)")
         self.end_ids = np.unique(np.asarray(end_ids, dtype=np.int64))
-
-    @property
-    def mask_id(self) -> int:
-        return self.special.smask
 
     def spans(self, docs):
         # A sentence runs from its region start or the token after a sentence end up to and
@@ -116,10 +112,7 @@ class DocumentStrategy(Strategy):
     suffix_prob) that runs to the document's end, eos included (DESIGN contract 2: Part B = sop +
     text[d:], targets text[d:] + eop), or a long infill placed uniformly with text after it."""
     name = "document"
-
-    @property
-    def mask_id(self) -> int:
-        return self.special.gmask
+    mask_role = "gmask"
 
     def spans(self, docs):
         ok = docs.maskable >= 1
@@ -138,10 +131,7 @@ class CausalStrategy(Strategy):
     """Plain left-to-right LM as GLM layout: one [gMASK] span over the whole text after cls, so Part
     A is [cls] [gMASK] and Part B predicts the document up to its eos (contract 2 with d = 0)."""
     name = "causal"
-
-    @property
-    def mask_id(self) -> int:
-        return self.special.gmask
+    mask_role = "gmask"
 
     def spans(self, docs):
         ok = docs.maskable >= 1
