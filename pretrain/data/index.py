@@ -99,8 +99,7 @@ class LanguageWindows:
         stop = min(start + self.raw_len, self.tokens_per_epoch)
         pieces = []
         d = int(np.searchsorted(ends, start, side="right"))  # first document ending after start
-        while d < len(order) and ends[d] - self.framed[order[d]] < stop:
-            doc_start = int(ends[d] - self.framed[order[d]])
+        while d < len(order) and (doc_start := int(ends[d] - self.framed[order[d]])) < stop:
             pieces.append(self._framed(int(order[d]), max(start, doc_start) - doc_start,
                                        min(stop, int(ends[d])) - doc_start))
             d += 1
@@ -111,7 +110,7 @@ class LanguageWindows:
         tokens = self.store.document(int(self.doc_ids[ordinal]))
         n = len(tokens)
         parts = [np.array([self.special.cls])] if lo == 0 else []
-        parts.append(tokens[max(lo - 1, 0):min(hi - 1, n)].astype(np.int64))
+        parts.append(tokens[max(lo - 1, 0):min(hi - 1, n)])
         if hi == n + FRAME:
             parts.append(np.array([self.special.eos]))
-        return np.concatenate(parts).astype(np.int64)
+        return np.concatenate(parts, dtype=np.int64)  # the one copy out of the memmap

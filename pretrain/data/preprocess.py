@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import datasets
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from pretrain.data.sources import LanguageSource
 from pretrain.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, shard_files, token_dtype
-from pretrain.data.tokenizer import file_sha256, load_tokenizer
+from pretrain.data.tokenizer import atomic_write, file_sha256, load_tokenizer
 from pretrain.tokens import SPECIAL_TOKEN_STRINGS
 
 DEFAULT_SHARD_DOCUMENTS = 1_000_000
@@ -46,12 +45,6 @@ class _Encoder:
                 "n_chars": [len(text) for text in texts]}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _write_shard(encoded: datasets.Dataset, root: Path, lang: str, name: str, key: str,
                  dtype: np.dtype, rows: tuple[int, int]) -> dict:
     bin_path, idx_path, meta_path = shard_files(root, lang, name)
@@ -74,7 +67,7 @@ def _write_shard(encoded: datasets.Dataset, root: Path, lang: str, name: str, ke
     meta = {"name": name, "key": key, "rows": list(rows), "n_docs": len(lengths), "n_tokens": int(offsets[-1]),
             "n_chars": n_chars, "skipped_empty": empty,
             "bin_sha256": file_sha256(bin_path), "idx_sha256": file_sha256(idx_path)}
-    _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+    atomic_write(meta_path, json.dumps(meta, indent=1).encode())
     return meta
 
 
@@ -124,8 +117,7 @@ def preprocess(sources: list[LanguageSource], tokenizer_path: str | Path, output
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(tokenizer_path)
     if Path(tokenizer_path).resolve() != (root / TOKENIZER).resolve():
-        shutil.copyfile(tokenizer_path, root / f".{TOKENIZER}.tmp")
-        (root / f".{TOKENIZER}.tmp").replace(root / TOKENIZER)
+        atomic_write(root / TOKENIZER, Path(tokenizer_path).read_bytes())
     tokenizer_sha = file_sha256(root / TOKENIZER)
     vocab_size = tokenizer.get_vocab_size()
     dtype = token_dtype(vocab_size)
@@ -151,5 +143,5 @@ def preprocess(sources: list[LanguageSource], tokenizer_path: str | Path, output
                 "dtype": dtype.name, "special_tokens": list(SPECIAL_TOKEN_STRINGS),
                 "languages": languages, "empty_languages": empty_languages,
                 "fingerprint": data_fingerprint(tokenizer_sha, languages)}
-    _atomic_write(root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    atomic_write(root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
     return root

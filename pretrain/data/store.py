@@ -91,10 +91,6 @@ class TokenStore:
     def tokenizer_sha256(self) -> str:
         return self.manifest["tokenizer_sha256"]
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.manifest["vocab_size"])
-
 
 def read_manifest(root: Path) -> dict:
     path = root / MANIFEST

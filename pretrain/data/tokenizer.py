@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -91,10 +92,15 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> str:
     """Write tokenizer.json; returns its sha256 (the identity recorded in manifests and checkpoints)."""
     path = Path(path)
     data = tokenizer.to_str(pretty=True).encode("utf-8")
-    tmp = path.with_name(f".{path.name}.tmp")
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a half-written one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     tmp.replace(path)
-    return hashlib.sha256(data).hexdigest()
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
