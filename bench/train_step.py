@@ -26,7 +26,7 @@ import torch
 from pretrain.model import GLMModel, model_config
 from pretrain.model.attention import visible_pairs
 from pretrain.model.export import hf_config, hf_state_dict
-from pretrain.model.flops import flops_per_token
+from pretrain.model.flops import batch_flops
 from pretrain.train.loss import token_cross_entropy
 from pretrain.train.metrics import peak_tflops
 
@@ -88,8 +88,7 @@ class Contender:
         """(seconds, tokens, attended pairs, model FLOPs) over one pass of the batches at best times."""
         tokens = sum(b["segment_ids"].numel() for b in self.batches)
         pairs = [float(visible_pairs(b["segment_ids"], b["part_a"]).sum()) for b in self.batches]
-        flops = sum(flops_per_token(self.cfg, b["segment_ids"].shape[1], p / b["segment_ids"].numel())
-                    * b["segment_ids"].numel() for b, p in zip(self.batches, pairs))
+        flops = sum(batch_flops(self.cfg, b["segment_ids"].numel(), p) for b, p in zip(self.batches, pairs))
         return sum(self.best), tokens, sum(pairs), flops
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.model import PRESETS, build_model, flops_per_token, matmul_params, model_config
+from pretrain.model import PRESETS, batch_flops, build_model, flops_per_token, matmul_params, model_config
 
 # Published sizes (reference-glm-objective.md §5; model cards). The GLM-1 and GLM-130B counts tie the
 # head to the embedding; ChatGLM-6B's "6.2B" counts one vocab matrix although its lm_head is separate.
@@ -75,3 +75,4 @@ def test_flops_per_token_golden():
     n = 2 * (4 * 64 * 64 + 2 * 64 * 256) + 2048 * 64
     assert flops_per_token(cfg, seq_len=512) == 6 * n + 12 * 2 * 4 * 16 * 512  # PaLM: all pairs
     assert flops_per_token(cfg, 512, attended_pairs_per_token=100.5) == 6 * n + 12 * 2 * 4 * 16 * 100.5
+    assert batch_flops(cfg, tokens=10, pairs=300) == 6 * n * 10 + 12 * 2 * 4 * 16 * 300  # a batch's real pairs

@@ -109,7 +109,7 @@ def test_token_cross_entropy_and_strategy_means():
     assert ce[1, 2].item() == pytest.approx(-torch.log_softmax(logits[1, 2], -1)[targets[1, 2]].item(), rel=1e-6)
     losses = StrategyLosses(3, torch.device("cpu"))
     mask = torch.tensor([[0.0, 1, 1], [1, 0, 0]])
-    losses.add(ce, mask, torch.tensor([[0, 0, 0], [2, 2, -1]]))
+    losses.add(ce * mask, mask, torch.tensor([[0, 0, 0], [2, 2, -1]]))
     means = StrategyLosses.means(losses.packed(), ("token", "sentence", "document"), "loss")
     assert set(means) == {"loss/token", "loss/document"}  # sentence had no Part-B tokens
     assert means["loss/token"] == pytest.approx((ce[0, 1] + ce[0, 2]).item() / 2)

@@ -1,10 +1,10 @@
 """Matmul parameter count and per-token training FLOPs (PaLM, arXiv 2204.02311 App. B) for MFU.
 
-    flops_per_token = 6·N + 12·L·Hq·D·P
+    flops = 6·N·tokens + 12·L·Hq·D·pairs
 N counts matmul weights (every Linear in the blocks plus the LM head, tied or not; embedding lookups
-are not matmuls), P is the number of keys each query attends. PaLM uses P = seq_len (no causal
-discount); pass the batch's real average (attention.visible_pairs / tokens) to count each mask's
-actual attention work.
+are not matmuls); pairs counts the (query, key) pairs attended. PaLM's per-token figure takes
+seq_len keys per query (no causal discount); ``batch_flops`` takes a batch's real pair count
+(attention.visible_pairs) to count each mask's actual attention work.
 """
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def matmul_params(cfg: ModelConfig) -> int:
     return cfg.num_layers * (attention + mlp) + cfg.vocab_size * cfg.hidden_size
 
 
+def batch_flops(cfg: ModelConfig, tokens: float, pairs: float) -> float:
+    """Training FLOPs (forward + backward) of ``tokens`` tokens attending ``pairs`` (query, key) pairs."""
+    return 6.0 * matmul_params(cfg) * tokens + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
+
+
 def flops_per_token(cfg: ModelConfig, seq_len: int, attended_pairs_per_token: float | None = None) -> float:
-    pairs = seq_len if attended_pairs_per_token is None else attended_pairs_per_token
-    return 6.0 * matmul_params(cfg) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
+    return batch_flops(cfg, 1, seq_len if attended_pairs_per_token is None else attended_pairs_per_token)

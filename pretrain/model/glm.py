@@ -137,12 +137,9 @@ class GLMModel(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def num_params(self, exclude_embeddings: bool = False) -> int:
-        """Parameters (each shared tensor once); exclude_embeddings drops the input and position tables."""
-        total = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            total -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
-        return total
+    def num_params(self) -> int:
+        """Parameters, each shared (tied) tensor once."""
+        return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, block_position_ids: torch.Tensor,
                 segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tensor:

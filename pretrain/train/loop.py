@@ -21,7 +21,7 @@ import yaml
 
 from pretrain.config import Config, ConfigError
 from pretrain.model.attention import visible_pairs
-from pretrain.model.flops import flops_per_token
+from pretrain.model.flops import batch_flops
 from pretrain.train import checkpoint
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
@@ -131,19 +131,16 @@ class Trainer:
         dist.all_reduce(counts, group=s.dp_group)
         denominator = counts[0].clamp(min=1).float()
         strategies = StrategyLosses(len(s.strategy_names), s.device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
         for i, batch in enumerate(micro):
             batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
             logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
             with loss_context(logits):
-                ce = token_cross_entropy(logits, batch["target_ids"])
-                loss = (ce * batch["loss_mask"]).sum() / denominator
-                self.engine.backward(loss, last_micro_batch=i == len(micro) - 1)
-            loss_sum += loss.detach().double()
-            strategies.add(ce, batch["loss_mask"], batch["strategy_ids"])
-        reduced = torch.cat([loss_sum.view(1), strategies.packed()])
+                weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]  # [B, S]
+                self.engine.backward(weighted.sum() / denominator, last_micro_batch=i == len(micro) - 1)
+            strategies.add(weighted, batch["loss_mask"], batch["strategy_ids"])
+        reduced = strategies.packed()  # every Part-B token belongs to one strategy: their sums are the loss
         dist.all_reduce(reduced, group=s.dp_group)
-        loss_value = reduced[0].item()
+        loss_value = (reduced[:len(s.strategy_names)].sum() / denominator).item()
         lr = cfg.train.lr * lr_factor(self.step, cfg.train)
         # The engine skips the update on a non-finite loss or grad norm: the same decision on every rank.
         grad_norm = self.engine.step(lr, cfg.train.grad_clip, skip=not math.isfinite(loss_value))
@@ -156,7 +153,7 @@ class Trainer:
             torch.cuda.synchronize(s.device)
         _, tokens, pairs = counts.tolist()
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                **StrategyLosses.means(reduced[1:], s.strategy_names, "loss"),
+                **StrategyLosses.means(reduced, s.strategy_names, "loss"),
                 **self._throughput(tokens, pairs, time.perf_counter() - start),
                 "nonfinite_skipped": self.nonfinite_skipped}
 
@@ -176,8 +173,7 @@ class Trainer:
         """Global tokens/s (real, non-padding tokens) and this device's TFLOP/s and MFU, with the
         attention term counted from the step's attended pairs (metrics.py)."""
         s = self.s
-        flops = flops_per_token(s.model_cfg, self.cfg.train.seq_len, pairs / max(tokens, 1.0)) * tokens
-        tflops = flops / elapsed / s.world_size / 1e12  # per device
+        tflops = batch_flops(s.model_cfg, tokens, pairs) / elapsed / s.dims.world_size / 1e12  # per device
         return {"tokens_per_s": tokens / elapsed, "tflops": tflops,
                 "mfu": tflops / self.peak if self.peak else None, "max_memory_gib": max_memory_gib(s.device)}
 
@@ -194,8 +190,8 @@ class Trainer:
             batch = {k: v.to(s.device) for k, v in batch.items()}
             logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
             with loss_context(logits):
-                strategies.add(token_cross_entropy(logits, batch["target_ids"]), batch["loss_mask"],
-                               batch["strategy_ids"])
+                strategies.add(token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"],
+                               batch["loss_mask"], batch["strategy_ids"])
         self.engine.model.train()
         packed = strategies.packed()
         dist.all_reduce(packed, group=s.dp_group)

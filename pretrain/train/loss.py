@@ -38,9 +38,10 @@ class StrategyLosses:
         self.counts = torch.zeros(num_strategies, dtype=torch.float64, device=device)
 
     @torch.no_grad()
-    def add(self, ce: torch.Tensor, loss_mask: torch.Tensor, strategy_ids: torch.Tensor) -> None:
+    def add(self, weighted_ce: torch.Tensor, loss_mask: torch.Tensor, strategy_ids: torch.Tensor) -> None:
+        """``weighted_ce`` = CE·loss_mask [B, S]."""
         ids = strategy_ids.clamp(min=0).flatten()  # padding (-1) has loss_mask 0
-        self.sums.index_add_(0, ids, (ce.detach() * loss_mask).flatten().double())
+        self.sums.index_add_(0, ids, weighted_ce.detach().flatten().double())
         self.counts.index_add_(0, ids, loss_mask.flatten().double())
 
     def packed(self) -> torch.Tensor:

@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 class Setup:
     device: torch.device
     rank: int
-    world_size: int
     dims: ParallelDims  # (dp, tp) sizes
     dp_group: dist.ProcessGroup
     engine: "TorchEngine | DeepSpeedEngine"  # owns the parallelized model and the optimizer
@@ -124,13 +123,13 @@ def build_setup(cfg: Config) -> Setup:
     else:
         torch.manual_seed(train.seed)  # the same full initialization on every rank, then sharded
         model = GLMModel(model_cfg).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = model.num_params()
     accumulation_steps = train.global_batch_size // (train.micro_batch_size * dims.dp)
     engine = build_engine(cfg, model, mesh, dims, accumulation_steps, resolve_dtype(train.dtype, device), device)
     logger.info("model %s: %.2fM parameters, %s engine, dp=%d tp=%d, %d micro-batches per step",
                 cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.dp, dims.tp,
                 accumulation_steps)
-    return Setup(device=device, rank=dist.get_rank(), world_size=dims.world_size, dims=dims,
+    return Setup(device=device, rank=dist.get_rank(), dims=dims,
                  dp_group=mesh["dp"].get_group(), engine=engine, model_cfg=model_cfg, loader=train_loader,
                  eval_loader=eval_loader, strategy_names=collator.strategy_names,
                  eval_strategy_names=eval_collator.strategy_names,
