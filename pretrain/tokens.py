@@ -19,20 +19,22 @@ class SpecialTokens:
     sop: int = 6  # start of a Part-B block
     eop: int = 7  # end of a Part-B block
 
-    def validate(self, vocab_size: int) -> "SpecialTokens":
+    def validate(self, vocab_size: int | None = None) -> "SpecialTokens":
+        """Distinct, non-negative ids, below ``vocab_size`` when it is given."""
         ids = astuple(self)
         for field in fields(self):
             value = getattr(self, field.name)
-            if not 0 <= value < vocab_size:
+            if value < 0 or vocab_size is not None and value >= vocab_size:
+                upper = "" if vocab_size is None else f", {vocab_size}"
                 raise ValueError(
-                    f"special token {field.name}={value} is outside the vocabulary [0, {vocab_size}); "
-                    f"choose an id below vocab_size")
+                    f"special token {field.name}={value} is outside the vocabulary [0{upper}); "
+                    f"choose a non-negative id below vocab_size")
         if len(set(ids)) != len(ids):
             roles = {}
             for field in fields(self):
                 roles.setdefault(getattr(self, field.name), []).append(field.name)
             clash = {i: r for i, r in roles.items() if len(r) > 1}
-            raise ValueError(f"special token ids collide: {clash}; every role needs its own id")
+            raise ValueError(f"special token ids must be distinct, but {clash} collide; every role needs its own id")
         return self
 
 

@@ -73,6 +73,8 @@ def test_collator_rejects_colliding_or_out_of_vocabulary_special_ids():
         GLMCollator(ObjectiveConfig(), SpecialTokens(gmask=7), 64, 0, 1)
     with pytest.raises(ValueError, match=r"eop=7 is outside the vocabulary \[0, 7\)"):
         GLMCollator(ObjectiveConfig(), S, 64, 0, 1, vocab_size=7)
+    with pytest.raises(ValueError, match=r"pad=-1 is outside the vocabulary \[0\); choose a non-negative id"):
+        GLMCollator(ObjectiveConfig(), SpecialTokens(pad=-1), 64, 0, 1)
 
 
 def test_sentence_strategy_needs_sentence_end_ids():

@@ -26,12 +26,7 @@ class GLMCollator:
                  global_batch_size: int, sentence_end_ids: np.ndarray | None = None,
                  vocab_size: int | None = None):
         cfg.validate()
-        if vocab_size is not None:
-            special.validate(vocab_size)
-        ids = [special.pad, special.eos, special.cls, special.mask, special.smask, special.gmask,
-               special.sop, special.eop]
-        if len(set(ids)) != len(ids) or min(ids) < 0:
-            raise ValueError(f"special token ids must be distinct and non-negative, got {special}")
+        special.validate(vocab_size)
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size={global_batch_size} must be >= 1")
         self.cfg, self.special, self.seq_len, self.seed = cfg, special, seq_len, seed
