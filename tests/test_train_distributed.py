@@ -12,15 +12,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pretrain.train.ablate import train_command
+
 ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 STEPS = 10
 # fp32 on CPU: TP/DP change only the summation order (all-reduce, sharded matmuls), so ten steps of
 # AdamW agree to ~5e-7 here; 1e-5 absolute (1.5e-6 relative at loss ~7) is tight enough to catch a
@@ -51,8 +51,7 @@ def base_config(tmp_path_factory) -> Path:
 
 
 def command(config: Path, run_dir: Path, nproc: int, overrides: list[str]) -> list[str]:
-    launcher = [sys.executable] if nproc == 1 else [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}"]
-    return [*launcher, "-m", "pretrain", "train", "--config", str(config), f"run.dir={run_dir}", *overrides]
+    return train_command(config, [f"run.dir={run_dir}", *overrides], nproc)
 
 
 def train(config: Path, run_dir: Path, nproc: int = 1, *overrides: str) -> Path:
