@@ -21,7 +21,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from pretrain.data import DataConfig, build_loader, glm_collator, prepare_embedded_corpus
+from pretrain.data import DataConfig, build_loader, glm_collator, open_data, prepare_embedded_corpus
 from pretrain.data.corpus import embedded_documents
 from pretrain.data.preprocess import preprocess
 from pretrain.data.sources import read_sources
@@ -73,7 +73,7 @@ def bench_loader(cache: Path, batches: int, micro_batch_size: int) -> list[str]:
     cfg = DataConfig(cache_dir=str(cache))
     build = dict(seq_len=seq_len, raw_len=raw_length(objective, seq_len), global_batch_size=micro_batch_size,
                  micro_batch_size=micro_batch_size, dp_rank=0, dp_size=1, seed=0)
-    glm = glm_collator(cfg, objective, seq_len=seq_len, seed=0, global_batch_size=micro_batch_size)
+    glm = glm_collator(open_data(cfg), objective, seq_len=seq_len, seed=0, global_batch_size=micro_batch_size)
     rows = [f"| collator | workers | ms per micro-batch (mbs {micro_batch_size}, seq {seq_len}) |", "|---|---|---|"]
     for name, collator in (("pass-through (sample assembly only)", list), ("GLMCollator glm-10b", glm)):
         for workers in (0, 2, 4):

@@ -35,14 +35,15 @@ _INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "pa
 
 def glm_batches(batch: int, seq_len: int, count: int) -> list[dict]:
     from pretrain.data.config import DataConfig
-    from pretrain.data.loader import build_loader, glm_collator
+    from pretrain.data.loader import build_loader, glm_collator, open_data
     from pretrain.objectives import ObjectiveConfig, raw_length
     objective = ObjectiveConfig(strategy="glm-10b")
     geometry = dict(seq_len=seq_len, raw_len=raw_length(objective, seq_len), global_batch_size=batch,
                     micro_batch_size=batch, dp_rank=0, dp_size=1, seed=0)
     data = DataConfig(num_workers=0)
-    collator = glm_collator(data, objective, seq_len=seq_len, seed=0, global_batch_size=batch)
-    loader = build_loader(data, collator, **geometry)
+    source = open_data(data)
+    collator = glm_collator(source, objective, seq_len=seq_len, seed=0, global_batch_size=batch)
+    loader = build_loader(data, collator, **geometry, source=source)
     batches = iter(loader)
     return [next(batches) for _ in range(count)]
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pretrain.data import DataConfig, DataExhaustedError, ResumeMismatchError, build_loader, prepare_embedded_corpus
+from pretrain.data import DataConfig, DataExhaustedError, ResumeMismatchError, build_loader, open_data, prepare_embedded_corpus
+from pretrain.data.loader import glm_collator as build_glm_collator
 from pretrain.data.index import LanguageWindows, split_documents
 from pretrain.data.store import LanguageStore, open_store
-from pretrain.objectives import GLMCollator, ObjectiveConfig, raw_length, sentence_end_ids
+from pretrain.objectives import ObjectiveConfig, raw_length
 from pretrain.tokens import DEFAULT_SPECIAL_TOKENS
 
 SEQ_LEN, G, SEED = 128, 8, 3
@@ -34,10 +35,9 @@ def ids_collator(samples):
 @pytest.fixture(scope="session")
 def glm_collator(cfg):
     """A factory of fresh GLM collators (all three strategies) for the embedded tokenizer."""
-    end_ids = sentence_end_ids(build_loader(cfg, ids_collator, seq_len=SEQ_LEN, raw_len=SEQ_LEN, global_batch_size=G,
-                                            micro_batch_size=G, dp_rank=0, dp_size=1, seed=SEED).token_texts())
-    return lambda: GLMCollator(ObjectiveConfig(strategy="glm-10b"), DEFAULT_SPECIAL_TOKENS, SEQ_LEN, SEED, G,
-                               sentence_end_ids=end_ids)
+    source = open_data(cfg)
+    return lambda: build_glm_collator(source, ObjectiveConfig(strategy="glm-10b"), seq_len=SEQ_LEN, seed=SEED,
+                                      global_batch_size=G)
 
 
 def make(cfg, collator=ids_collator, *, mbs=2, dp_rank=0, dp_size=1, split="train", **changes):

@@ -1,7 +1,7 @@
 """Data: tokenizer training, tokenize-once shards, multilingual mixing, a resumable rank-sharded loader."""
 import importlib
 
-_EXPORTS = {"DataConfig": "config", "prepare_embedded_corpus": "corpus", "build_loader": "loader", "glm_collator": "loader",
+_EXPORTS = {"DataConfig": "config", "prepare_embedded_corpus": "corpus", "build_loader": "loader", "glm_collator": "loader", "open_data": "loader",
             "PretrainLoader": "loader", "DataExhaustedError": "loader", "ResumeMismatchError": "loader"}
 __all__ = list(_EXPORTS)
 

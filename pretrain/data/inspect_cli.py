@@ -72,16 +72,17 @@ def print_sample(loader, collator, sample_id: int, width: int) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pretrain.data.loader import glm_collator
+    from pretrain.data.loader import glm_collator, open_data
     from pretrain.objectives import raw_length
     data, objective, train = _configs(args)
     seq_len = args.seq_len or train.get("seq_len", 512)
     seed = train.get("seed", 0) if args.seed is None else args.seed
     global_batch = train.get("global_batch_size", 1)  # the per-batch strategy choice depends on it
+    source = open_data(data)
     loader = build_loader(data, lambda samples: samples, seq_len=seq_len, raw_len=raw_length(objective, seq_len),
                           global_batch_size=global_batch, micro_batch_size=global_batch, dp_rank=0, dp_size=1,
-                          seed=seed, split=args.split)
-    collator = glm_collator(data, objective, seq_len=seq_len, seed=seed, global_batch_size=global_batch)
+                          seed=seed, split=args.split, source=source)
+    collator = glm_collator(source, objective, seq_len=seq_len, seed=seed, global_batch_size=global_batch)
     print_statistics(loader)
     print_sample(loader, collator, args.sample_id, args.width)
     return 0

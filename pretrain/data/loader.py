@@ -9,7 +9,9 @@ rank runs the same number of steps and nothing is counted twice.
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,7 +24,7 @@ from pretrain.data.corpus import prepare_embedded_corpus
 from pretrain.data.index import INDEX_VERSION, LanguageWindows, split_documents
 from pretrain.data.mixture import Mixture, mixture_weights
 from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
-from pretrain.data.store import TOKENIZER, open_store
+from pretrain.data.store import TOKENIZER, TokenStore, open_store
 from pretrain.data.tokenizer import load_tokenizer, padded_vocab_size
 from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, sentence_end_ids
 from pretrain.tokens import DEFAULT_SPECIAL_TOKENS
@@ -86,9 +88,6 @@ class PretrainLoader:
         self.special = DEFAULT_SPECIAL_TOKENS
         self.consumed_samples = 0
 
-    def token_texts(self) -> list[str]:
-        return token_texts(self.tokenizer)
-
     def _sampler(self) -> RankBatchSampler:
         start = self.consumed_samples if self.split == "train" else 0
         return RankBatchSampler(start, self.stop, self.micro_batch_size, self.dp_rank, self.dp_size)
@@ -144,28 +143,38 @@ class PretrainLoader:
         self.consumed_samples = consumed
 
 
-def token_texts(tokenizer: Tokenizer) -> list[str]:
-    """Decoded text of every id (e.g. for the collator's sentence-end table)."""
-    return [tokenizer.decode([i], skip_special_tokens=False) for i in range(tokenizer.get_vocab_size())]
+@dataclass
+class DataSource:
+    """A preprocessed directory opened once (shards checked, tokenizer loaded), for every loader and
+    collator of a run."""
+    root: Path
+    store: TokenStore
+    tokenizer: Tokenizer
+
+    @functools.cached_property
+    def token_texts(self) -> list[str]:
+        """Decoded text of every id (e.g. for the collator's sentence-end table)."""
+        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
 
 
-def data_root(cfg: DataConfig) -> Path:
-    """The preprocessed directory: ``data.path``, or the embedded corpus, built on first use."""
-    return Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
+def open_data(cfg: DataConfig) -> DataSource:
+    """``data.path``, or the embedded corpus, built on first use."""
+    root = Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
+    return DataSource(root, open_store(root, verify_checksums=cfg.verify_checksums), load_tokenizer(root / TOKENIZER))
 
 
-def glm_collator(cfg: DataConfig, objective: ObjectiveConfig, *, seq_len: int, seed: int,
+def glm_collator(source: DataSource, objective: ObjectiveConfig, *, seq_len: int, seed: int,
                  global_batch_size: int) -> GLMCollator:
     """The GLM collator for this data's tokenizer (special ids, vocabulary size, sentence ends)."""
-    tokenizer = load_tokenizer(data_root(cfg) / TOKENIZER)
     return GLMCollator(objective, DEFAULT_SPECIAL_TOKENS, seq_len, seed, global_batch_size,
-                       sentence_end_ids=sentence_end_ids(token_texts(tokenizer)),
-                       vocab_size=padded_vocab_size(tokenizer.get_vocab_size()))
+                       sentence_end_ids=sentence_end_ids(source.token_texts),
+                       vocab_size=padded_vocab_size(source.tokenizer.get_vocab_size()))
 
 
 def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: int, global_batch_size: int,
-                 micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
-                 split: str = "train") -> PretrainLoader:
+                 micro_batch_size: int, dp_rank: int, dp_size: int, seed: int, split: str = "train",
+                 source: DataSource | None = None) -> PretrainLoader:
+    """``source``: the data opened by ``open_data(cfg)`` (opened here when not given)."""
     check_batch_geometry(global_batch_size, micro_batch_size, dp_rank, dp_size)
     if split not in SPLITS:
         raise ValueError(f"split={split!r} must be one of {SPLITS}")
@@ -173,9 +182,8 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
         raise ValueError(f"raw_len={raw_len} must be in [2, seq_len={seq_len}]")
     if split == "valid" and cfg.eval_documents == 0:
         raise ValueError("split='valid' needs held-out documents: set data.eval_documents > 0")
-    root = data_root(cfg)
-    store = open_store(root, verify_checksums=cfg.verify_checksums)
-    tokenizer = load_tokenizer(root / TOKENIZER)
+    source = source or open_data(cfg)
+    root, store, tokenizer = source.root, source.store, source.tokenizer
     languages = sorted(store.languages)
     splits = {lang: split_documents(store.languages[lang].n_docs, lang, cfg.eval_documents) for lang in languages}
     train = [LanguageWindows(store.languages[lang], splits[lang][0], raw_len, seed, DEFAULT_SPECIAL_TOKENS,

@@ -85,7 +85,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def build_setup(cfg: Config) -> Setup:
-    from pretrain.data.loader import build_loader, glm_collator
+    from pretrain.data.loader import build_loader, glm_collator, open_data
     from pretrain.model.glm import GLMModel
     from pretrain.objectives import raw_length
 
@@ -97,16 +97,17 @@ def build_setup(cfg: Config) -> Setup:
     mesh = build_mesh(device.type, dims)
     dp_rank = mesh["dp"].get_local_rank()
     train = cfg.train
+    source = open_data(cfg.data)  # shards checked and tokenizer loaded once for both splits
 
     def loader(split: str, objective):
         """(collator, loader): the objective fixes both the masks and the raw window length."""
-        collator = glm_collator(cfg.data, objective, seq_len=train.seq_len, seed=train.seed,
+        collator = glm_collator(source, objective, seq_len=train.seq_len, seed=train.seed,
                                 global_batch_size=train.global_batch_size)
         return collator, build_loader(cfg.data, collator, seq_len=train.seq_len,
                                       raw_len=raw_length(objective, train.seq_len),
                                       global_batch_size=train.global_batch_size,
                                       micro_batch_size=train.micro_batch_size, dp_rank=dp_rank, dp_size=dims.dp,
-                                      seed=train.seed, split=split)
+                                      seed=train.seed, split=split, source=source)
 
     collator, train_loader = loader("train", cfg.objective)
     eval_collator, eval_loader = loader("valid", cfg.eval_objective()) if cfg.eval.interval else (collator, None)
