@@ -316,7 +316,7 @@ class Config:
     metrics: MetricsConfig
 
     def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.run.dir) / "checkpoints"
+        return checkpoint_dir(self.checkpoint.dir, self.run.dir)
 
     def eval_objective(self) -> "ObjectiveConfig":
         if self.eval.objective is None:
@@ -328,6 +328,11 @@ class Config:
         data = to_dict(self)
         data["model"] = {**({"preset": self.model.preset} if self.model.preset else {}), **self.model.fields}
         return data
+
+
+def checkpoint_dir(configured: str | None, run_dir: str | Path) -> Path:
+    """``checkpoint.dir``, else ``<run.dir>/checkpoints``."""
+    return Path(configured) if configured else Path(run_dir) / "checkpoints"
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from pretrain.config import ConfigError, from_dict, load_yaml
+from pretrain.config import ConfigError, checkpoint_dir, from_dict, load_yaml
 from pretrain.model.config import ModelConfig
 from pretrain.model.export import export_hf
 from pretrain.model.glm import GLMModel
@@ -38,7 +38,7 @@ def load_trained_model(run_dir: Path, checkpoint: Path | None = None) -> GLMMode
         raise ConfigError(f"{config_path} has no 'resolved_model' section; is {run_dir} a training run directory?")
     cfg = from_dict(ModelConfig, data["resolved_model"], f"{config_path}:resolved_model")
     if checkpoint is None:
-        root = Path((data.get("checkpoint") or {}).get("dir") or run_dir / "checkpoints")
+        root = checkpoint_dir((data.get("checkpoint") or {}).get("dir"), run_dir)
         checkpoint = latest_checkpoint(root)
         if checkpoint is None:
             raise ConfigError(f"no complete checkpoint under {root}; pass --checkpoint")

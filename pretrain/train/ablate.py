@@ -141,7 +141,8 @@ def differing_eval_sets(variants: list[Variant]) -> list[str]:
         data = {k: val for k, val in to_dict(v.cfg.data).items() if k not in _DATA_PLUMBING}
         train = v.cfg.train
         return objective, data, train.seed, train.seq_len, train.global_batch_size, v.cfg.eval.batches
-    return [v.name for v in variants if eval_set(v) != eval_set(variants[0])]
+    reference = eval_set(variants[0])
+    return [v.name for v in variants if eval_set(v) != reference]
 
 
 def summary_markdown(variants: list[Variant], rows: list[dict]) -> str:
