@@ -78,15 +78,18 @@ def save(root: Path, step: int, engine, trainer_state: dict[str, Any], keep: int
     return final
 
 
-def load(path: Path, engine) -> dict[str, Any]:
+def trainer_state(path: Path) -> dict[str, Any]:
+    """The step, loader state, counters and the (engine, tp, dp) layout the checkpoint was written with."""
+    return torch.load(path / TRAINER_STATE, weights_only=False)
+
+
+def load(path: Path, engine) -> None:
     """Collective: restore model and optimizer (the torch engine reshards to the current layout) and
-    this rank's RNG; return the trainer state. A rank that did not exist in the saved run keeps its
-    fresh RNG."""
+    this rank's RNG. A rank that did not exist in the saved run keeps its fresh RNG."""
     engine.load(path)
     rng_file = path / "rng" / f"rank{dist.get_rank()}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=False))
-    return torch.load(path / TRAINER_STATE, weights_only=False)
 
 
 def _rng_state() -> dict[str, Any]:

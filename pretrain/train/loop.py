@@ -69,12 +69,13 @@ class Trainer:
         latest = checkpoint.latest_checkpoint(self.ckpt_root) if self.cfg.checkpoint.resume else None
         if latest is None:
             return
-        saved = torch.load(latest / checkpoint.TRAINER_STATE, weights_only=False)["topology"]
+        state = checkpoint.trainer_state(latest)
+        saved = state["topology"]
         if saved["engine"] != self.engine.name or (not self.engine.reshardable and saved != self._topology()):
             raise ConfigError(f"{latest} was written by the {saved['engine']} engine with tp={saved['tp']}, "
                               f"dp={saved['dp']}; this run is {self._topology()}. The {self.engine.name} engine "
                               f"cannot reshard it: resume with that layout (or use a new checkpoint.dir)")
-        state = checkpoint.load(latest, self.engine)
+        checkpoint.load(latest, self.engine)
         self.step = state["step"]
         self.s.loader.load_state_dict(state["loader"])
         self.nonfinite_skipped = state["nonfinite_skipped"]
