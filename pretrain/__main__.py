@@ -1,7 +1,7 @@
-"""One CLI: ``python -m pretrain {train,tokenizer,preprocess,inspect,bench,ablate,export}``.
+"""glm-pretrain: ``python -m pretrain COMMAND``, every command one module in ``pretrain/cli/``.
 
-Each subcommand lives in the package that owns it and exposes ``add_arguments(parser)`` and
-``main(args) -> int``; modules are imported only when their subcommand runs, so ``--help`` is fast.
+Each module exposes ``add_arguments(parser)`` and ``main(args) -> int``; it is imported only when its
+command runs, so ``--help`` is fast. The CLIs sit on top of the packages: nothing imports them.
 """
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    # name: (module, one-line help)
-    "train": ("pretrain.train.cli", "train a model (also under torchrun)"),
-    "tokenizer": ("pretrain.data.tokenizer_cli", "train or inspect a byte-level BPE tokenizer"),
-    "preprocess": ("pretrain.data.preprocess_cli", "tokenize raw corpora once into sharded token files"),
-    "inspect": ("pretrain.data.inspect_cli", "show what the model is trained on"),
-    "export": ("pretrain.model.export_cli", "export a trained GLM-4-shaped model for transformers' GlmForCausalLM"),
-    "ablate": ("pretrain.train.ablate", "run an ablation sweep (configs/ablations/) and summarize it"),
-    "bench": ("pretrain.bench_cli", "run a benchmark script from the checkout's bench/"),
+    # name: (module in pretrain/cli/, one-line help)
+    "train": ("train", "train a model (also under torchrun)"),
+    "tokenizer": ("tokenizer", "train or inspect a byte-level BPE tokenizer"),
+    "preprocess": ("preprocess", "tokenize raw corpora once into sharded token files"),
+    "inspect": ("inspect", "show what the model is trained on"),
+    "export": ("export", "export a trained GLM-4-shaped model for transformers' GlmForCausalLM"),
+    "import-hf": ("import_hf", "turn a transformers GLM checkpoint into a run directory"),
+    "infill": ("infill", "fill [MASK]/[sMASK]/[gMASK] blanks with a trained model"),
+    "plan": ("plan", "enumerate parallel layouts for a model and cluster: memory, bubble, step time"),
+    "config": ("config", "list every config key with its type, default and help"),
+    "ablate": ("ablate", "run an ablation sweep (configs/ablations/) and summarize it"),
+    "bench": ("bench", "run a benchmark script from the checkout's bench/"),
 }
 
 
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         parser.parse_args(argv)  # prints help or the unknown-command error and exits
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    module = importlib.import_module(f"pretrain.cli.{SUBCOMMANDS[argv[0]][0]}")
     command_parser = argparse.ArgumentParser(prog=f"python -m pretrain {argv[0]}",
                                              description=SUBCOMMANDS[argv[0]][1])
     module.add_arguments(command_parser)

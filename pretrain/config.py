@@ -1,8 +1,9 @@
 """Typed configs: dataclasses filled from YAML plus dotted `key=value` overrides, validated at the boundary.
 
 Every package owns the dataclass for its own section (``ObjectiveConfig`` in ``objectives``,
-``ModelConfig`` in ``model``, ...). This module holds the generic machinery: strict loading (unknown
-keys and wrong types are errors that name the file and the key), overrides, and ``validate()`` hooks.
+``ModelConfig`` in ``model``, ``ParallelConfig`` in ``parallel``, the run's sections and the top-level
+``Config`` in ``train``). This module holds only the generic machinery: strict loading (unknown keys
+and wrong types are errors that name the file and the key), overrides, and ``validate()`` hooks.
 """
 from __future__ import annotations
 
@@ -10,14 +11,9 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import yaml
-
-if TYPE_CHECKING:  # owned by their packages, imported lazily (they may import this module)
-    from pretrain.data.config import DataConfig
-    from pretrain.model.config import ModelConfig
-    from pretrain.objectives import ObjectiveConfig
 
 T = TypeVar("T")
 
@@ -157,200 +153,3 @@ def _deep_copy(data: Any) -> Any:
     if isinstance(data, list):
         return [_deep_copy(v) for v in data]
     return data
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainer's sections and the top-level Config. The model/objective/data sections are owned by
-# their packages and imported lazily in load_config, so those packages may import this module.
-# ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class TrainConfig:
-    max_steps: int = 100
-    seed: int = 0
-    global_batch_size: int = 8  # rows per optimizer step, over all data-parallel ranks
-    micro_batch_size: int = 8  # rows per forward/backward on one rank
-    seq_len: int = 128
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 0
-    lr_decay_steps: int | None = None  # length of warmup+cosine; defaults to max_steps
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 disables clipping (the norm is still measured and logged)
-    max_consecutive_nonfinite: int = 5  # skipped NaN/inf steps in a row before the run stops
-    activation_checkpointing: bool = False
-    compile: bool = False
-    dtype: typing.Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    # full: every rank builds and initializes the whole model, then shards it (bit-identical to a
-    # single process). meta: build on the meta device, shard, then allocate and initialize only the
-    # local shards: no rank ever holds the full weights (large presets on GPU nodes; torch engine).
-    init_device: typing.Literal["full", "meta"] = "full"
-
-    def validate(self) -> None:
-        for name in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "max_consecutive_nonfinite"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
-            raise ValueError(f"lr_decay_steps={self.lr_decay_steps} must be >= 1 (or null for max_steps)")
-        if self.warmup_steps < 0 or self.warmup_steps > (self.lr_decay_steps or self.warmup_steps):
-            raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, lr_decay_steps="
-                             f"{self.lr_decay_steps}]")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, "
-                             f"min_lr_ratio={self.min_lr_ratio}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"grad_clip={self.grad_clip} and weight_decay={self.weight_decay} must be >= 0")
-
-
-@dataclasses.dataclass
-class ParallelConfig:
-    engine: typing.Literal["torch", "deepspeed"] = "torch"
-    tp: int = 1  # tensor-parallel size; data-parallel size = world_size / tp
-    sequence_parallel: bool = False  # shard norms/residual activations over the sequence within TP
-    # FSDP2 over the data-parallel ranks: "full" reshards parameters after forward (ZeRO-3),
-    # "grad_op" keeps them gathered until backward (ZeRO-2: more memory, fewer all-gathers).
-    fsdp: typing.Literal["full", "grad_op"] = "full"  # torch engine
-    zero_stage: int = 1  # deepspeed engine: ZeRO stage 0-3 (0-2 with tp > 1: AutoTP composes with those)
-
-    def validate(self) -> None:
-        if self.tp < 1:
-            raise ValueError(f"tp={self.tp} must be >= 1")
-        if self.engine == "deepspeed":
-            if not 0 <= self.zero_stage <= (2 if self.tp > 1 else 3):
-                raise ValueError(f"zero_stage={self.zero_stage} with tp={self.tp}: DeepSpeed AutoTP composes with "
-                                 f"ZeRO stages 0-2 (0-3 without TP); lower zero_stage or set tp=1")
-            if self.sequence_parallel:
-                raise ValueError("sequence_parallel is a torch-engine feature; set parallel.engine=torch or "
-                                 "sequence_parallel=false")
-        if self.sequence_parallel and self.tp == 1:
-            raise ValueError("sequence_parallel needs tp > 1; set parallel.tp or sequence_parallel=false")
-
-
-@dataclasses.dataclass
-class CheckpointConfig:
-    interval: int = 0  # save every N steps (0: only at the end and on SIGTERM)
-    keep: int = 3  # complete checkpoints kept (oldest deleted first)
-    dir: str | None = None  # default: <run.dir>/checkpoints
-    resume: bool = True  # continue from the latest complete checkpoint in dir, if any
-
-    def validate(self) -> None:
-        if self.interval < 0 or self.keep < 1:
-            raise ValueError(f"need interval >= 0 and keep >= 1, got interval={self.interval}, keep={self.keep}")
-
-
-@dataclasses.dataclass
-class RunConfig:
-    dir: str = "runs/default"
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    interval: int = 0  # evaluate held-out loss every N steps (0: never)
-    batches: int = 2  # global batches (global_batch_size held-out samples each) per evaluation
-    # ObjectiveConfig fields to evaluate under instead of the training objective (null: the training
-    # one). Fixed across runs, it scores them on the same held-out windows and masks (ablations).
-    objective: dict[str, Any] | None = None
-
-    def validate(self) -> None:
-        if self.interval < 0 or self.batches < 1:
-            raise ValueError(f"need interval >= 0 and batches >= 1, got interval={self.interval}, "
-                             f"batches={self.batches}")
-
-
-@dataclasses.dataclass
-class MetricsConfig:
-    log_interval: int = 1
-    tensorboard: bool = True
-    peak_tflops: float | None = None  # per-device peak for MFU; default: looked up from the GPU name
-
-    def validate(self) -> None:
-        if self.log_interval < 1:
-            raise ValueError(f"log_interval={self.log_interval} must be >= 1")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            raise ValueError(f"peak_tflops={self.peak_tflops} must be > 0 (or null)")
-
-
-@dataclasses.dataclass
-class ModelSection:
-    """The ``model`` section: an optional ``preset`` (pretrain.model.PRESETS) plus ModelConfig fields
-    overriding it. Without ``vocab_size`` the model takes the tokenizer's (the loader's) vocabulary."""
-    preset: str | None = None
-    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def from_section(cls, data: Mapping[str, Any] | None, where: str) -> "ModelSection":
-        data = dict(data or {})
-        preset = data.pop("preset", None)
-        if preset is not None and not isinstance(preset, str):
-            raise ConfigError(f"{where}.preset: expected a preset name, got {preset!r}")
-        section = cls(preset, data)
-        section.resolve(vocab_size=64, where=where)  # validate now, standing in for the tokenizer's vocab
-        return section
-
-    def resolve(self, vocab_size: int, where: str = "model") -> "ModelConfig":
-        """The ModelConfig; ``vocab_size`` (the tokenizer's) applies when the section leaves it unset,
-        also over a preset's (which belongs to the preset's original tokenizer)."""
-        from pretrain.model.config import ModelConfig
-        from pretrain.model.presets import model_config
-        fields = {"vocab_size": vocab_size, **self.fields}
-        if self.preset is None:
-            return from_dict(ModelConfig, fields, where)
-        try:
-            return model_config(self.preset, **fields)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{where}: {err}") from err
-
-
-@dataclasses.dataclass
-class Config:
-    model: ModelSection
-    objective: "ObjectiveConfig"
-    data: "DataConfig"
-    train: TrainConfig
-    parallel: ParallelConfig
-    checkpoint: CheckpointConfig
-    run: RunConfig
-    eval: EvalConfig
-    metrics: MetricsConfig
-
-    def checkpoint_dir(self) -> Path:
-        return checkpoint_dir(self.checkpoint.dir, self.run.dir)
-
-    def eval_objective(self) -> "ObjectiveConfig":
-        if self.eval.objective is None:
-            return self.objective
-        from pretrain.objectives import ObjectiveConfig
-        return from_dict(ObjectiveConfig, self.eval.objective, "eval.objective")
-
-    def to_dict(self) -> dict:
-        data = to_dict(self)
-        data["model"] = {**({"preset": self.model.preset} if self.model.preset else {}), **self.model.fields}
-        return data
-
-
-def checkpoint_dir(configured: str | None, run_dir: str | Path) -> Path:
-    """``checkpoint.dir``, else ``<run.dir>/checkpoints``."""
-    return Path(configured) if configured else Path(run_dir) / "checkpoints"
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a run config (YAML) with dotted ``key=value`` overrides into a validated ``Config``.
-
-    Checks that need the world size or the tokenizer (tp and dp divisibility, vocabulary) run in the
-    trainer before any work: see pretrain.train.setup.validate_topology."""
-    from pretrain.data.config import DataConfig
-    from pretrain.objectives import ObjectiveConfig
-    raw = apply_overrides(load_yaml(path), list(overrides))
-    sections = {"objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig,
-                "parallel": ParallelConfig, "checkpoint": CheckpointConfig, "run": RunConfig,
-                "eval": EvalConfig, "metrics": MetricsConfig}
-    unknown = sorted(set(raw) - set(sections) - {"model"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections are "
-                          f"{sorted([*sections, 'model'])}")
-    built = {name: from_dict(cls, raw.get(name), f"{path}: {name}") for name, cls in sections.items()}
-    if built["eval"].objective is not None:  # fail at load time, naming the file
-        from_dict(ObjectiveConfig, built["eval"].objective, f"{path}: eval.objective")
-    return Config(model=ModelSection.from_section(raw.get("model"), f"{path}: model"), **built)

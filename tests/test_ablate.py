@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pretrain.__main__ import main as cli
-from pretrain.train.ablate import MARKER
+from pretrain.cli.ablate import MARKER
 
 COMMON_EVAL = {"strategy": "document"}  # a yardstick neither variant trains on
 
@@ -107,14 +107,15 @@ def test_unknown_override_key_fails_before_any_run(tmp_path, capsys):
 
 
 def test_bad_eval_objective_fails_at_load_time(tmp_path):
-    from pretrain.config import ConfigError, load_config
+    from pretrain.config import ConfigError
+    from pretrain.train.config import load_config
     sweep = write_sweep(tmp_path, tmp_path / "cache", {"a": []})
     with pytest.raises(ConfigError, match=r"base.yaml: eval.objective: unknown key\(s\) \['maskratio'\]"):
         load_config(sweep.parent / "base.yaml", ["eval.objective.maskratio=0.3"])
 
 
 def test_summary_says_when_eval_losses_are_not_comparable(tmp_path):
-    from pretrain.train.ablate import load_sweep, summary_markdown
+    from pretrain.cli.ablate import load_sweep, summary_markdown
     sweep = write_sweep(tmp_path, tmp_path / "cache", {"token": [], "causal": ["objective.strategy=causal"]},
                         eval_objective=None)
     _, variants = load_sweep(sweep, tmp_path / "out", [])
@@ -137,7 +138,7 @@ def test_bench_rejects_unknown_name(capsys):
 
 
 def test_bench_outside_a_source_checkout_says_so(tmp_path, monkeypatch, capsys):
-    from pretrain import bench_cli
+    from pretrain.cli import bench as bench_cli
     monkeypatch.setattr(bench_cli, "BENCH_DIR", tmp_path / "installed" / "bench")
     assert cli(["bench", "collator"]) == 2
     assert "source checkout" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pretrain.train.ablate import train_command
+from pretrain.cli.ablate import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10

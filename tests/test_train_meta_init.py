@@ -9,7 +9,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrain.config import ConfigError, ModelSection, load_config
+from pretrain.config import ConfigError
+from pretrain.model.presets import ModelSection
+from pretrain.train.config import load_config
 from pretrain.model.glm import GLMModel
 from pretrain.parallel.materialize import materialize
 from pretrain.train.setup import validate_topology

@@ -11,12 +11,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrain.config import ConfigError, TrainConfig, load_config
+from pretrain.config import ConfigError
+from pretrain.train.config import TrainConfig, load_config
 from pretrain.parallel.tp import tp_plan
 from pretrain.train import checkpoint
 from pretrain.train.loss import StrategyLosses, token_cross_entropy
 from pretrain.train.metrics import console_line, peak_tflops
-from pretrain.train.optim import build_optimizer, clip_grad_norm_, lr_factor
+from pretrain.parallel.clip import clip_grad_norm_
+from pretrain.train.optim import build_optimizer, lr_factor
 from pretrain.train.setup import validate_topology
 
 ROOT = Path(__file__).resolve().parents[1]

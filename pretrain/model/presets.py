@@ -6,7 +6,9 @@ GLM-1's fused QKV [3H, H] is our q/k/v_proj stacked; GLM-130B's GeGLU dense_h_to
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Mapping
 
+from pretrain.config import ConfigError, from_dict
 from pretrain.model.config import ModelConfig
 from pretrain.model.glm import GLMModel
 
@@ -66,3 +68,32 @@ def model_config(preset: str, **overrides) -> ModelConfig:
 
 def build_model(preset: str, **overrides) -> GLMModel:
     return GLMModel(model_config(preset, **overrides))
+
+
+@dataclasses.dataclass
+class ModelSection:
+    """The ``model`` section: an optional ``preset`` (pretrain.model.PRESETS) plus ModelConfig fields
+    overriding it. Without ``vocab_size`` the model takes the tokenizer's (the loader's) vocabulary."""
+    preset: str | None = None
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_section(cls, data: Mapping[str, Any] | None, where: str) -> "ModelSection":
+        data = dict(data or {})
+        preset = data.pop("preset", None)
+        if preset is not None and not isinstance(preset, str):
+            raise ConfigError(f"{where}.preset: expected a preset name, got {preset!r}")
+        section = cls(preset, data)
+        section.resolve(vocab_size=64, where=where)  # validate now, standing in for the tokenizer's vocab
+        return section
+
+    def resolve(self, vocab_size: int, where: str = "model") -> ModelConfig:
+        """The ModelConfig; ``vocab_size`` (the tokenizer's) applies when the section leaves it unset,
+        also over a preset's (which belongs to the preset's original tokenizer)."""
+        fields = {"vocab_size": vocab_size, **self.fields}
+        if self.preset is None:
+            return from_dict(ModelConfig, fields, where)
+        try:
+            return model_config(self.preset, **fields)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{where}: {err}") from err

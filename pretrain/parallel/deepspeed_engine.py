@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pretrain.config import Config
+from pretrain.parallel.config import ParallelConfig
 from pretrain.parallel.mesh import ParallelDims
 
 _TAG = "engine"
@@ -38,12 +38,13 @@ PARTITION_CONFIG = {
 }
 
 
-def deepspeed_config(cfg: Config, dims: ParallelDims, accumulation_steps: int, bf16: bool) -> dict:
+def deepspeed_config(parallel: ParallelConfig, dims: ParallelDims, micro_batch_size: int, accumulation_steps: int,
+                     grad_clip: float, bf16: bool) -> dict:
     config = {
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": accumulation_steps,
-        "gradient_clipping": cfg.train.grad_clip,
-        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": parallel.zero_stage},
         "bf16": {"enabled": bf16},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
@@ -57,15 +58,15 @@ class DeepSpeedEngine:
     name = "deepspeed"
     reshardable = False
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, dims: ParallelDims,
-                 accumulation_steps: int, bf16: bool):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict, dims: ParallelDims):
+        """``config``: the DeepSpeed JSON config (``deepspeed_config``)."""
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
         from deepspeed.utils import groups
         self.dp = dims.dp
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, dims, accumulation_steps, bf16))
+            model=model, optimizer=optimizer, config=config)
         self.model = self.engine  # forward, train() and eval() go through the engine
         if dims.tp > 1:  # the loader's dp rank comes from our (dp, tp) mesh: the groups must agree
             rank = torch.distributed.get_rank()

@@ -1,4 +1,5 @@
-"""The torch engine: a (dp, tp) mesh, DTensor TP + FSDP2 (parallelize.py), AdamW, DCP state.
+"""The engine contract (``Engine``) and the torch engine: a (dp, tp) mesh, DTensor TP + FSDP2
+(parallelize.py), AdamW, DCP state.
 
 An engine owns the parallelized model and its optimizer and exposes the few verbs the training loop
 needs, so the loop is the same for this engine and DeepSpeed's (deepspeed_engine.py).
@@ -7,18 +8,38 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from pretrain.train.optim import clip_grad_norm_
+from pretrain.parallel.clip import clip_grad_norm_
 
 # Optimizer state keyed per parameter FQN ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"), not by
 # param-group position: the optimizer's groups depend on the mesh layout (optim.py), so a checkpoint
 # must not (as torchtitan does).
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+class Engine(Protocol):
+    """What the training loop asks of a parallel engine."""
+    name: str
+    reshardable: bool  # its checkpoints load under another (dp, tp) layout
+    model: nn.Module  # the parallelized model: forward, train(), eval()
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        """Accumulate gradients of one micro-batch; gradients are reduced on the last one."""
+
+    def step(self, lr: float, max_norm: float, skip: bool) -> float:
+        """Clip and apply the update (unless ``skip`` or the norm is not finite); returns the global grad norm."""
+
+    def save(self, path: Path) -> None:
+        """Collective: write model and optimizer state under ``path``."""
+
+    def load(self, path: Path) -> None:
+        """Collective: restore what ``save`` wrote."""
 
 
 class TorchEngine:

@@ -19,13 +19,14 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from pretrain.config import Config, ConfigError
+from pretrain.config import ConfigError
 from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import batch_flops
 from pretrain.train import checkpoint
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
 from pretrain.train.optim import lr_factor
+from pretrain.train.config import Config
 from pretrain.train.setup import Setup, build_setup
 
 logger = logging.getLogger(__name__)

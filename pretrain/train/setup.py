@@ -11,17 +11,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from pretrain.config import Config, ConfigError
-from pretrain.parallel.engine import TorchEngine
+from pretrain.config import ConfigError
+from pretrain.parallel.engine import Engine, TorchEngine
 from pretrain.parallel.materialize import materialize
 from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed, world_size_from_env
 from pretrain.parallel.parallelize import parallelize
 from pretrain.parallel.tp import check_tp_divisibility
+from pretrain.train.config import Config
 from pretrain.train.optim import build_optimizer
 
 if TYPE_CHECKING:
     from pretrain.model.config import ModelConfig
-    from pretrain.parallel.deepspeed_engine import DeepSpeedEngine
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Setup:
     rank: int
     dims: ParallelDims  # (dp, tp) sizes
     dp_group: dist.ProcessGroup
-    engine: "TorchEngine | DeepSpeedEngine"  # owns the parallelized model and the optimizer
+    engine: Engine  # owns the parallelized model and the optimizer
     model_cfg: "ModelConfig"
     loader: object  # pretrain.data.loader.PretrainLoader
     eval_loader: object | None
@@ -138,11 +138,12 @@ def build_setup(cfg: Config) -> Setup:
 
 
 def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: ParallelDims, accumulation_steps: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device) -> Engine:
     if cfg.parallel.engine == "deepspeed":
-        from pretrain.parallel.deepspeed_engine import DeepSpeedEngine
-        return DeepSpeedEngine(model, build_optimizer(model, cfg.train), cfg, dims, accumulation_steps,
-                               bf16=dtype == torch.bfloat16)
+        from pretrain.parallel.deepspeed_engine import DeepSpeedEngine, deepspeed_config
+        config = deepspeed_config(cfg.parallel, dims, cfg.train.micro_batch_size, accumulation_steps,
+                                  cfg.train.grad_clip, bf16=dtype == torch.bfloat16)
+        return DeepSpeedEngine(model, build_optimizer(model, cfg.train), config, dims)
     model = parallelize(model, mesh, sequence_parallel=cfg.parallel.sequence_parallel,
                         activation_checkpointing=cfg.train.activation_checkpointing, compile=cfg.train.compile,
                         param_dtype=dtype, reshard_after_forward=cfg.parallel.fsdp == "full")

@@ -7,7 +7,7 @@ import os
 from pretrain.data.preprocess import DEFAULT_SHARD_DOCUMENTS, preprocess
 from pretrain.data.sources import read_sources
 from pretrain.data.store import read_manifest
-from pretrain.data.tokenizer_cli import add_source_arguments
+from pretrain.cli.tokenizer import add_source_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.config import Config, ConfigError, load_config, load_yaml, to_dict
+from pretrain.config import ConfigError, load_yaml, to_dict
+from pretrain.train.config import Config, load_config
 
 MARKER = "ablate.json"  # in a variant's run dir: its overrides, wall time so far, whether it finished
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from pretrain.config import ConfigError, load_config
+from pretrain.config import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +23,9 @@ def main(args: argparse.Namespace) -> int:
     # that this takes two all-reduces. It is one scalar per step: not worth the noise.
     logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     try:
+        from pretrain.train.config import load_config  # torch and the packages load only now
+        from pretrain.train.loop import Trainer
         cfg = load_config(args.config, args.overrides)
-        from pretrain.train.loop import Trainer  # torch and the other packages load only now
         Trainer(cfg).train()
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
