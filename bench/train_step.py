@@ -26,6 +26,7 @@ import torch
 from pretrain.model import GLMModel, model_config
 from pretrain.model.attention import visible_pairs
 from pretrain.model.export import hf_config, hf_state_dict
+from pretrain.tokens import SpecialTokens
 from pretrain.model.flops import batch_flops
 from pretrain.train.loss import token_cross_entropy
 from pretrain.train.metrics import peak_tflops
@@ -120,7 +121,7 @@ def main() -> None:
     glm = glm_batches(args.batch, args.seq_len, count=4)
     causal = [causal_batch(b) for b in glm]
     from transformers import GlmConfig, GlmForCausalLM
-    hf = GlmForCausalLM(GlmConfig(**{k: v for k, v in hf_config(ours).items() if k != "architectures"}))
+    hf = GlmForCausalLM(GlmConfig(**{k: v for k, v in hf_config(ours, SpecialTokens()).items() if k != "architectures"}))
     hf.load_state_dict(hf_state_dict(ours))
     hf.config._attn_implementation = "sdpa"
     contenders = [Contender("glm", ours, glm, device, cfg),

@@ -15,7 +15,7 @@ from pretrain.data.loader import glm_collator as build_glm_collator
 from pretrain.data.index import LanguageWindows, split_documents
 from pretrain.data.store import LanguageStore, open_store
 from pretrain.objectives import ObjectiveConfig, raw_length
-from pretrain.tokens import DEFAULT_SPECIAL_TOKENS
+from pretrain.tokens import SpecialTokens
 
 SEQ_LEN, G, SEED = 128, 8, 3
 
@@ -79,8 +79,8 @@ def test_each_language_epoch_covers_every_training_document_exactly_once(cfg):
     lang = "ko"
     train, held_out = split_documents(store.languages[lang].n_docs, lang, cfg.eval_documents)
     assert len(held_out) == cfg.eval_documents and not set(train) & set(held_out)
-    windows = LanguageWindows(store.languages[lang], train, 50, SEED, DEFAULT_SPECIAL_TOKENS, shuffle=True)
-    special = DEFAULT_SPECIAL_TOKENS
+    special = SpecialTokens()
+    windows = LanguageWindows(store.languages[lang], train, 50, SEED, special, shuffle=True)
     for epoch in range(2):
         order, _, window_order = windows.epoch(epoch)
         by_position = {int(w): windows.window(epoch * windows.samples_per_epoch + p)
@@ -96,7 +96,7 @@ def test_each_language_epoch_covers_every_training_document_exactly_once(cfg):
 
 def test_window_pieces_are_framed_documents(cfg):
     loader = make(cfg)
-    special = DEFAULT_SPECIAL_TOKENS
+    special = loader.special
     for g in range(40):
         sample = loader.dataset[g]
         assert sum(map(len, sample.documents)) <= loader.identity["raw_len"]
@@ -224,7 +224,7 @@ def test_concurrent_embedded_corpus_builds_agree(tmp_path):
 @given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=12), raw_len=st.integers(2, 40),
        epoch=st.integers(0, 3))
 def test_windows_cut_the_framed_epoch_stream_exactly(lengths, raw_len, epoch):
-    special = DEFAULT_SPECIAL_TOKENS
+    special = SpecialTokens()
     tokens = np.arange(100, 100 + sum(lengths), dtype=np.uint16)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,7 @@ import yaml
 
 from pretrain.__main__ import main as cli
 from pretrain.model import build_model, export_hf
+from pretrain.tokens import SpecialTokens
 
 transformers = pytest.importorskip("transformers")
 
@@ -42,7 +43,7 @@ def assert_same_causal_logits(model, hf_dir):
 @pytest.mark.parametrize("tie_embeddings", [False, True])
 def test_exported_glm4_gives_the_same_logits_in_transformers(tmp_path, tie_embeddings):
     model = small_glm4(tie_embeddings=tie_embeddings)
-    export_hf(model, tmp_path)
+    export_hf(model, tmp_path, SpecialTokens())
     assert_same_causal_logits(model, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] is tie_embeddings
 
@@ -51,7 +52,8 @@ def test_export_cli_reads_a_run_directory_and_its_dcp_checkpoint(tmp_path):
     model = small_glm4()
     run = tmp_path / "run"
     (run / "checkpoints" / "step_00000005").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"resolved_model": dataclasses.asdict(model.cfg)}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"resolved_model": dataclasses.asdict(model.cfg),
+                                                     "resolved_special_tokens": SpecialTokens().roles()}))
     dcp.save({"model": model.state_dict()}, checkpoint_id=run / "checkpoints" / "step_00000005")
     (run / "checkpoints" / "step_00000005" / "complete").touch()
     assert cli(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
@@ -68,5 +70,5 @@ def test_export_cli_reports_what_is_missing(tmp_path, capsys):
 
 def test_export_refuses_architectures_transformers_would_compute_differently(tmp_path):
     with pytest.raises(ValueError, match=r"this model has \{'position_encoding': 'learned_2d'"):
-        export_hf(build_model("glm-tiny"), tmp_path)
+        export_hf(build_model("glm-tiny"), tmp_path, SpecialTokens())
     assert not (tmp_path / "config.json").exists()

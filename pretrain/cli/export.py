@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from pretrain.model.export import export_hf
-from pretrain.train.run_dir import load_trained_model
+from pretrain.train.run_dir import load_trained_model, resolved_special_tokens
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        out = export_hf(load_trained_model(args.run_dir, args.checkpoint), args.out)
+        out = export_hf(load_trained_model(args.run_dir, args.checkpoint), args.out,
+                        resolved_special_tokens(args.run_dir))
     except ValueError as err:  # ConfigError included: the message names the file and what to change
         print(f"export error: {err}", file=sys.stderr)
         return 2

@@ -6,8 +6,8 @@ import argparse
 
 from pretrain.data.corpus import embedded_documents
 from pretrain.data.sources import read_sources
-from pretrain.data.tokenizer import load_tokenizer, sample_training_text, save_tokenizer, train_tokenizer
-from pretrain.tokens import SPECIAL_TOKEN_STRINGS
+from pretrain.data.tokenizer import (load_tokenizer, resolve_special_tokens, sample_training_text, save_tokenizer,
+                                     train_tokenizer)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,9 +57,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.path)
-    print(f"{args.path}: vocab {tokenizer.get_vocab_size()}")
-    for token_id, text in enumerate(SPECIAL_TOKEN_STRINGS):
-        print(f"  {token_id:3d}  {text}")
+    size = tokenizer.get_vocab_size()
+    print(f"{args.path}: vocab {size}")
+    for role, token_id in resolve_special_tokens(tokenizer).roles().items():
+        added = "  (missing: added at the end of the vocabulary)" if token_id >= size else ""
+        print(f"  {role:>6} {token_id:7d}  {tokenizer.id_to_token(token_id)}{added}")
     for text in args.text:
         ids = tokenizer.encode(text, add_special_tokens=False).ids
         print(f"{text!r}\n  {len(ids)} tokens: {ids}\n  pieces: {[tokenizer.decode([i]) for i in ids]}")

@@ -27,6 +27,9 @@ class DataConfig:
     # Hash every shard against the manifest when the loader opens the data (sizes are always checked).
     verify_checksums: bool = True
     embedded_vocab_size: int = 2048
+    # Role -> token string, for a tokenizer that names a special token differently (e.g. {cls: "<s>"});
+    # roles not given are looked up by their usual names and added to the vocabulary when missing.
+    special_tokens: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not (math.isfinite(self.alpha) and 0.0 < self.alpha <= 1.0):

@@ -13,7 +13,7 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,9 +25,9 @@ from pretrain.data.index import INDEX_VERSION, LanguageWindows, split_documents
 from pretrain.data.mixture import Mixture, mixture_weights
 from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
 from pretrain.data.store import TOKENIZER, TokenStore, open_store
-from pretrain.data.tokenizer import load_tokenizer, padded_vocab_size
+from pretrain.data.tokenizer import load_tokenizer, padded_vocab_size, resolve_special_tokens
 from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, sentence_end_ids
-from pretrain.tokens import DEFAULT_SPECIAL_TOKENS
+from pretrain.tokens import SpecialTokens
 
 STATE_VERSION = 1
 SPLITS = ("train", "valid")
@@ -77,15 +77,14 @@ class PretrainLoader:
 
     def __init__(self, dataset: SampleDataset, collator: Callable, *, split: str, stop: int | None,
                  identity: dict, micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int,
-                 tokenizer: Tokenizer, root: Path, mixture_weights: dict[str, float]):
+                 source: "DataSource", mixture_weights: dict[str, float]):
         self.dataset, self.collator, self.split, self.stop = dataset, collator, split, stop
         self.identity = identity
         self.micro_batch_size, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
-        self.num_workers, self.tokenizer, self.root = num_workers, tokenizer, root
+        self.num_workers, self.tokenizer, self.root = num_workers, source.tokenizer, source.root
         self.mixture_weights = mixture_weights
         self.languages = dataset.languages
-        self.vocab_size = padded_vocab_size(tokenizer.get_vocab_size())
-        self.special = DEFAULT_SPECIAL_TOKENS
+        self.vocab_size, self.special = source.vocab_size, source.special
         self.consumed_samples = 0
 
     def _sampler(self) -> RankBatchSampler:
@@ -145,11 +144,17 @@ class PretrainLoader:
 
 @dataclass
 class DataSource:
-    """A preprocessed directory opened once (shards checked, tokenizer loaded), for every loader and
-    collator of a run."""
+    """A preprocessed directory opened once (shards checked, tokenizer loaded, special tokens found by
+    role), for every loader and collator of a run."""
     root: Path
     store: TokenStore
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer  # with any special tokens that resolve_special_tokens added
+    special: SpecialTokens
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary (added special tokens included), padded for the model."""
+        return padded_vocab_size(self.tokenizer.get_vocab_size())
 
     @functools.cached_property
     def token_texts(self) -> list[str]:
@@ -157,18 +162,24 @@ class DataSource:
         return [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
 
 
-def open_data(cfg: DataConfig) -> DataSource:
-    """``data.path``, or the embedded corpus, built on first use."""
+def open_data(cfg: DataConfig, declared_special_tokens: Mapping[str, str] = {}) -> DataSource:
+    """``data.path``, or the embedded corpus, built on first use. ``declared_special_tokens``: the
+    roles the run's strategies need beyond the core ones (``objectives.declared_special_tokens``)."""
     root = Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
-    return DataSource(root, open_store(root, verify_checksums=cfg.verify_checksums), load_tokenizer(root / TOKENIZER))
+    store = open_store(root, verify_checksums=cfg.verify_checksums)
+    tokenizer = load_tokenizer(root / TOKENIZER)
+    try:
+        special = resolve_special_tokens(tokenizer, declared_special_tokens, cfg.special_tokens)
+    except ValueError as err:
+        raise ValueError(f"{root / TOKENIZER}: {err}") from None
+    return DataSource(root, store, tokenizer, special)
 
 
 def glm_collator(source: DataSource, objective: ObjectiveConfig, *, seq_len: int, seed: int,
                  global_batch_size: int) -> GLMCollator:
     """The GLM collator for this data's tokenizer (special ids, vocabulary size, sentence ends)."""
-    return GLMCollator(objective, DEFAULT_SPECIAL_TOKENS, seq_len, seed, global_batch_size,
-                       sentence_end_ids=sentence_end_ids(source.token_texts),
-                       vocab_size=padded_vocab_size(source.tokenizer.get_vocab_size()))
+    return GLMCollator(objective, source.special, seq_len, seed, global_batch_size,
+                       sentence_end_ids=sentence_end_ids(source.token_texts), vocab_size=source.vocab_size)
 
 
 def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: int, global_batch_size: int,
@@ -183,10 +194,10 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
     if split == "valid" and cfg.eval_documents == 0:
         raise ValueError("split='valid' needs held-out documents: set data.eval_documents > 0")
     source = source or open_data(cfg)
-    root, store, tokenizer = source.root, source.store, source.tokenizer
+    store = source.store
     languages = sorted(store.languages)
     splits = {lang: split_documents(store.languages[lang].n_docs, lang, cfg.eval_documents) for lang in languages}
-    train = [LanguageWindows(store.languages[lang], splits[lang][0], raw_len, seed, DEFAULT_SPECIAL_TOKENS,
+    train = [LanguageWindows(store.languages[lang], splits[lang][0], raw_len, seed, source.special,
                              shuffle=True, cache_dir=Path(cfg.cache_dir) / "index", data_fingerprint=store.fingerprint)
              for lang in languages]
     weights = mixture_weights({lang: w.tokens_per_epoch for lang, w in zip(languages, train)},
@@ -201,13 +212,12 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
                 "seq_len": seq_len, "raw_len": raw_len, "seed": seed, "global_batch_size": global_batch_size,
                 "eval_documents": cfg.eval_documents, "mixture_hash": mixture.fingerprint()}
     common = dict(identity=identity, micro_batch_size=micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,
-                  num_workers=cfg.num_workers, tokenizer=tokenizer, root=root,
-                  mixture_weights=mixture.weights)
+                  num_workers=cfg.num_workers, source=source, mixture_weights=mixture.weights)
     if split == "train":
         stop = None if mixture.total_samples is None else \
             mixture.total_samples // global_batch_size * global_batch_size  # whole global batches only
         return PretrainLoader(SampleDataset(languages, train, mixture), collator, split=split, stop=stop, **common)
-    held_out = [LanguageWindows(store.languages[lang], splits[lang][1], raw_len, seed, DEFAULT_SPECIAL_TOKENS,
+    held_out = [LanguageWindows(store.languages[lang], splits[lang][1], raw_len, seed, source.special,
                                 shuffle=False) for lang in languages]
     index = EvalIndex([w.samples_per_epoch for w in held_out])
     step = micro_batch_size * dp_size

@@ -19,8 +19,7 @@ from tqdm import tqdm
 
 from pretrain.data.sources import LanguageSource
 from pretrain.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, shard_files, token_dtype
-from pretrain.data.tokenizer import atomic_write, file_sha256, load_tokenizer
-from pretrain.tokens import SPECIAL_TOKEN_STRINGS
+from pretrain.data.tokenizer import atomic_write, file_sha256, load_tokenizer, resolve_special_tokens
 
 DEFAULT_SHARD_DOCUMENTS = 1_000_000
 
@@ -140,7 +139,7 @@ def preprocess(sources: list[LanguageSource], tokenizer_path: str | Path, output
         raise ValueError(f"no language has any non-empty document (empty: {sorted(empty_languages)}); "
                          f"nothing to write to {root}")
     manifest = {"version": FORMAT_VERSION, "tokenizer_sha256": tokenizer_sha, "vocab_size": vocab_size,
-                "dtype": dtype.name, "special_tokens": list(SPECIAL_TOKEN_STRINGS),
+                "dtype": dtype.name, "special_tokens": resolve_special_tokens(tokenizer).roles(),
                 "languages": languages, "empty_languages": empty_languages,
                 "fingerprint": data_fingerprint(tokenizer_sha, languages)}
     atomic_write(root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())

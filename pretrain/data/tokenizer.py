@@ -1,9 +1,10 @@
-"""Byte-level BPE tokenizer with the GLM special tokens at fixed low ids (DESIGN.md contract 3).
+"""Tokenizers: our byte-level BPE, and the GLM special tokens found by role in any tokenizer
+(DESIGN.md contract 3).
 
-Byte-level BPE never produces an unknown token, so any script works. The vocabulary is padded with
-reserved tokens to a multiple of 128 (tensor-parallel sharding and matmul tiles like that). Literal
-special-token strings in corpus text ("[MASK]" in a web page) are encoded as text: only our code puts
-special ids into a sequence.
+Byte-level BPE never produces an unknown token, so any script works; ours registers the core special
+tokens first and is padded with reserved tokens to a multiple of 128 (tensor-parallel sharding and
+matmul tiles like that). Literal special-token strings in corpus text ("[MASK]" in a web page) are
+encoded as text: only our code puts special ids into a sequence.
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from pretrain.data.mixture import language_seed, temperature_weights
-from pretrain.tokens import DEFAULT_SPECIAL_TOKENS, SPECIAL_TOKEN_STRINGS
+from pretrain.tokens import CORE_ROLES, ROLE_ALIASES, SpecialTokens
 
 VOCAB_MULTIPLE = 128
 RESERVED_TOKEN = "<|reserved_{}|>"
 
 
-def padded_vocab_size(size: int) -> int:
-    return math.ceil(size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+def padded_vocab_size(size: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    return math.ceil(size / multiple) * multiple
 
 
 def _empty_tokenizer() -> Tokenizer:
@@ -61,32 +62,47 @@ def sample_training_text(texts: Mapping[str, Sequence[str]], alpha: float, max_c
 
 
 def train_tokenizer(lines: Iterable[str], vocab_size: int) -> Tokenizer:
-    if vocab_size < 256 + len(SPECIAL_TOKEN_STRINGS):
+    if vocab_size < 256 + len(CORE_ROLES):
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs 256 byte tokens "
-                         f"plus {len(SPECIAL_TOKEN_STRINGS)} special tokens")
+                         f"plus {len(CORE_ROLES)} special tokens")
     tokenizer = _empty_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=list(SPECIAL_TOKEN_STRINGS),  # in id order 0..7
+        special_tokens=list(CORE_ROLES.values()),
         max_token_length=16)  # bounds runaway CJK / repeated-character merges
     tokenizer.train_from_iterator(lines, trainer=trainer)
     size = tokenizer.get_vocab_size()
     tokenizer.add_special_tokens([AddedToken(RESERVED_TOKEN.format(i), special=True)
                                   for i in range(padded_vocab_size(size) - size)])
-    return _checked(tokenizer, "the trained tokenizer")
-
-
-def _checked(tokenizer: Tokenizer, where: str) -> Tokenizer:
-    for token_id, text in enumerate(SPECIAL_TOKEN_STRINGS):
-        found = tokenizer.token_to_id(text)
-        if found != token_id:
-            raise ValueError(f"{where}: special token {text!r} has id {found}, expected {token_id} "
-                             f"(pretrain/tokens.py); retrain it with `python -m pretrain tokenizer train`")
-    DEFAULT_SPECIAL_TOKENS.validate(tokenizer.get_vocab_size())
-    tokenizer.encode_special_tokens = True  # not serialized in tokenizer.json: set on every load
+    tokenizer.encode_special_tokens = True
     return tokenizer
 
+
+def resolve_special_tokens(tokenizer: Tokenizer, declared: Mapping[str, str] = {},
+                           names: Mapping[str, str] = {}) -> SpecialTokens:
+    """Every core role, and the roles strategies ``declared`` (role -> token string), found by name in
+    ``tokenizer``; a role not found is added at the end of the vocabulary as a special token (in
+    role order, so the same inputs give the same ids). ``names`` overrides a role's token string.
+
+    Mutates ``tokenizer`` (the added tokens). Raises ValueError when two roles find the same id."""
+    unknown = sorted(set(names) - set(CORE_ROLES) - set(declared))
+    if unknown:
+        raise ValueError(f"special token names given for unknown role(s) {unknown}; roles are "
+                         f"{[*CORE_ROLES, *declared]}")
+    ids = {}
+    for role, default in {**CORE_ROLES, **declared}.items():
+        candidates = (names[role],) if role in names else (default, *ROLE_ALIASES.get(role, ()))
+        found = next((i for i in map(tokenizer.token_to_id, candidates) if i is not None), None)
+        if found is None:
+            tokenizer.add_special_tokens([AddedToken(candidates[0], special=True)])
+            found = tokenizer.token_to_id(candidates[0])
+        ids[role] = found
+    special = SpecialTokens(**{role: ids.pop(role) for role in CORE_ROLES}, extra=ids)
+    try:
+        return special.validate(tokenizer.get_vocab_size())
+    except ValueError as err:
+        raise ValueError(f"{err} (set data.special_tokens to give a role another token string)") from None
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> str:
     """Write tokenizer.json; returns its sha256 (the identity recorded in manifests and checkpoints)."""
@@ -112,7 +128,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises plain Exception on malformed JSON
         raise ValueError(f"tokenizer file {path} is not a valid tokenizer.json: {err}") from err
-    return _checked(tokenizer, f"tokenizer file {path}")
+    tokenizer.encode_special_tokens = True  # not serialized in tokenizer.json: set on every load
+    return tokenizer
 
 
 def file_sha256(path: str | Path) -> str:

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from pretrain.model.glm import GLMModel
-from pretrain.tokens import DEFAULT_SPECIAL_TOKENS, SpecialTokens
+from pretrain.tokens import SpecialTokens
 
 # GlmForCausalLM computes exactly this architecture; anything else would load but compute differently.
 _GLM4_ARCHITECTURE = dict(position_encoding="rope_1d", rope_interleaved=True, norm="rmsnorm",
                           norm_placement="pre", mlp="swiglu", bias=False)
 
 
-def hf_config(model: GLMModel, special: SpecialTokens = DEFAULT_SPECIAL_TOKENS) -> dict:
+def hf_config(model: GLMModel, special: SpecialTokens) -> dict:
     cfg = model.cfg
     mismatched = {k: getattr(cfg, k) for k, v in _GLM4_ARCHITECTURE.items() if getattr(cfg, k) != v}
     if mismatched:
@@ -71,7 +71,7 @@ def hf_state_dict(model: GLMModel) -> dict[str, torch.Tensor]:
     return theirs
 
 
-def export_hf(model: GLMModel, directory: str | Path, special: SpecialTokens = DEFAULT_SPECIAL_TOKENS) -> Path:
+def export_hf(model: GLMModel, directory: str | Path, special: SpecialTokens) -> Path:
     """Write ``config.json`` and ``model.safetensors`` loadable by ``GlmForCausalLM.from_pretrained``."""
     directory = Path(directory)
     config = hf_config(model, special.validate(model.cfg.vocab_size))

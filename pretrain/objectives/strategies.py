@@ -33,6 +33,8 @@ def sentence_end_ids(token_texts: Sequence[str]) -> np.ndarray:
 class Strategy:
     name = ""
     mask_role = ""
+    # Roles this strategy needs beyond tokens.CORE_ROLES, role -> token string (found or added by name).
+    special_tokens: dict[str, str] = {}
 
     def __init__(self, cfg: ObjectiveConfig, special: SpecialTokens):
         self.cfg, self.special = cfg, special
@@ -146,6 +148,13 @@ def build_strategies(cfg: ObjectiveConfig, special: SpecialTokens,
             "document": lambda: DocumentStrategy(cfg, special),
             "causal": lambda: CausalStrategy(cfg, special)}
     return {name: make[name]() for name in cfg.weights()}
+
+
+def declared_special_tokens(*cfgs: ObjectiveConfig) -> dict[str, str]:
+    """The special-token roles (beyond the core ones) that the strategies of ``cfgs`` need."""
+    classes = {"token": TokenStrategy, "sentence": SentenceStrategy, "document": DocumentStrategy,
+               "causal": CausalStrategy}
+    return {role: text for cfg in cfgs for name in cfg.weights() for role, text in classes[name].special_tokens.items()}
 
 
 def expected_spans(cfg: ObjectiveConfig, name: str, n_tokens: int) -> float:

@@ -76,9 +76,9 @@ class Trainer:
             raise ConfigError(f"{latest} was written by the {saved['engine']} engine with tp={saved['tp']}, "
                               f"dp={saved['dp']}; this run is {self._topology()}. The {self.engine.name} engine "
                               f"cannot reshard it: resume with that layout (or use a new checkpoint.dir)")
+        self.s.loader.load_state_dict(state["loader"])  # names a data or tokenizer change before the weights do
         checkpoint.load(latest, self.engine)
         self.step = state["step"]
-        self.s.loader.load_state_dict(state["loader"])
         self.nonfinite_skipped = state["nonfinite_skipped"]
         self.consecutive_nonfinite = state["consecutive_nonfinite"]
         logger.info("resumed from %s at step %d", latest, self.step)
@@ -87,11 +87,15 @@ class Trainer:
         checkpoint.save(self.ckpt_root, self.step, self.engine, self.trainer_state(), self.cfg.checkpoint.keep)
 
     def _write_resolved_config(self) -> None:
+        """config.yaml (with the resolved model and special tokens) and the tokenizer in use: what
+        export, infill and evaluation read from a run directory."""
         data = self.cfg.to_dict()
         data["resolved_model"] = dataclasses.asdict(self.s.model_cfg)
-        path = Path(self.cfg.run.dir) / "config.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        data["resolved_special_tokens"] = self.s.data.special.roles()
+        run_dir = Path(self.cfg.run.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        self.s.data.tokenizer.save(str(run_dir / "tokenizer.json"))
 
     # ----------------------------------------------------------------------------- loop
     def train(self) -> int:

@@ -1,5 +1,6 @@
-"""A training run directory as other tools read it: the resolved model config (``config.yaml``, key
-``resolved_model``) and the model weights of a complete DCP checkpoint, loaded into one process
+"""A training run directory as other tools read it: the resolved model config and special tokens
+(``config.yaml``, keys ``resolved_model`` and ``resolved_special_tokens``), the tokenizer in use
+(``tokenizer.json``) and the model weights of a complete DCP checkpoint, loaded into one process
 (DCP reshards any saved (dp, tp) layout)."""
 from __future__ import annotations
 
@@ -13,17 +14,27 @@ from pretrain.config import ConfigError, from_dict, load_yaml
 from pretrain.model.config import ModelConfig
 from pretrain.model.glm import GLMModel
 from pretrain.train.checkpoint import latest_checkpoint
+from pretrain.tokens import CORE_ROLES, SpecialTokens
 from pretrain.train.config import checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
 
-def resolved_model_config(run_dir: Path) -> ModelConfig:
+def _resolved(run_dir: Path, key: str) -> dict:
     config_path = run_dir / "config.yaml"
     data = load_yaml(config_path)
-    if "resolved_model" not in data:
-        raise ConfigError(f"{config_path} has no 'resolved_model' section; is {run_dir} a training run directory?")
-    return from_dict(ModelConfig, data["resolved_model"], f"{config_path}:resolved_model")
+    if key not in data:
+        raise ConfigError(f"{config_path} has no {key!r} section; is {run_dir} a training run directory?")
+    return data[key]
+
+
+def resolved_model_config(run_dir: Path) -> ModelConfig:
+    return from_dict(ModelConfig, _resolved(run_dir, "resolved_model"), f"{run_dir / 'config.yaml'}:resolved_model")
+
+
+def resolved_special_tokens(run_dir: Path) -> SpecialTokens:
+    roles = dict(_resolved(run_dir, "resolved_special_tokens"))
+    return SpecialTokens(**{role: roles.pop(role) for role in CORE_ROLES}, extra=roles)
 
 
 def load_trained_model(run_dir: Path, checkpoint: Path | None = None) -> GLMModel:

@@ -34,6 +34,7 @@ class Setup:
     dp_group: dist.ProcessGroup
     engine: Engine  # owns the parallelized model and the optimizer
     model_cfg: "ModelConfig"
+    data: object  # pretrain.data.loader.DataSource: the tokenizer in use and its special tokens
     loader: object  # pretrain.data.loader.PretrainLoader
     eval_loader: object | None
     strategy_names: tuple[str, ...]
@@ -87,7 +88,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def build_setup(cfg: Config) -> Setup:
     from pretrain.data.loader import build_loader, glm_collator, open_data
     from pretrain.model.glm import GLMModel
-    from pretrain.objectives import raw_length
+    from pretrain.objectives import declared_special_tokens, raw_length
 
     dims = validate_topology(cfg, world_size_from_env())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -97,7 +98,11 @@ def build_setup(cfg: Config) -> Setup:
     mesh = build_mesh(device.type, dims)
     dp_rank = mesh["dp"].get_local_rank()
     train = cfg.train
-    source = open_data(cfg.data)  # shards checked and tokenizer loaded once for both splits
+    # Shards checked and tokenizer loaded once for both splits; one vocabulary for both objectives.
+    try:
+        source = open_data(cfg.data, declared_special_tokens(cfg.objective, cfg.eval_objective()))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
     def loader(split: str, objective):
         """(collator, loader): the objective fixes both the masks and the raw window length."""
@@ -131,7 +136,7 @@ def build_setup(cfg: Config) -> Setup:
                 cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.dp, dims.tp,
                 accumulation_steps)
     return Setup(device=device, rank=dist.get_rank(), dims=dims,
-                 dp_group=mesh["dp"].get_group(), engine=engine, model_cfg=model_cfg, loader=train_loader,
+                 dp_group=mesh["dp"].get_group(), engine=engine, model_cfg=model_cfg, data=source, loader=train_loader,
                  eval_loader=eval_loader, strategy_names=collator.strategy_names,
                  eval_strategy_names=eval_collator.strategy_names,
                  accumulation_steps=accumulation_steps)
