@@ -64,7 +64,7 @@ def test_flex_model_forward_matches_dense(glm_random_layout):
     batch = make_batch(glm_random_layout, 5, batch=2, seq_len=160)
     reference = logits_with(model, "dense", batch)
     torch.testing.assert_close(logits_with(model, "flex", batch), reference, atol=1e-5, rtol=1e-5)
-    model.layers[0].compile()  # as train.compile does: Flex inlined into the layer's graph
+    model.layers["0"].compile()  # as train.compile does: Flex inlined into the layer's graph
     torch.testing.assert_close(logits_with(model, "flex", batch), reference, atol=1e-5, rtol=1e-5)
 
 
@@ -162,7 +162,7 @@ def test_init_is_deterministic_from_the_global_seed():
 @pytest.mark.parametrize("variant", ["glm1", "chatglm"])
 def test_init_scales(variant):
     model = make_model(variant, hidden_size=256, ffn_hidden_size=1024, num_layers=8)
-    layer = model.layers[3]
+    layer = model.layers["3"]
     if variant == "glm1":  # N(0, 0.02); residual outputs N(0, 0.02 / √(2·8))
         expected = {"q_proj": 0.02, "o_proj": 0.02 / 4, "up_proj": 0.02, "down_proj": 0.02 / 4}
     else:  # Xavier normal; β = (2·8)^-½ on v, o and the MLP
@@ -232,7 +232,7 @@ def test_attention_runs_head_sharded_as_tensor_parallel_does(glm_random_layout, 
     from pretrain.model.positions import rotary_cos_sin
 
     model = make_model("glm4", bias=True)  # GQA 4 q heads / 2 kv heads, partial interleaved RoPE, o bias
-    full = model.layers[0].self_attn
+    full = model.layers["0"].self_attn
     batch = make_batch(glm_random_layout, 9)
     x = torch.randn(3, 48, 64, generator=torch.Generator().manual_seed(9))
     attend = build_attention(backend, batch["segment_ids"], batch["part_a"])

@@ -7,7 +7,11 @@
     logits = norm(h) @ (lm_head | embed_tokens).T   in float32
 
 No parallelism here: the engines in pretrain/parallel shard q/k/v colwise and o rowwise from outside,
-so attention takes its local head count from tensor shapes.
+so attention takes its local head count from tensor shapes. For pipeline parallelism the model is
+stage-splittable from outside (torchtitan's approach): ``layers`` is a ModuleDict keyed by the global
+layer index, and a stage may drop ``embed_tokens`` (its forward then takes hidden states [B, S, H] in
+place of input_ids) or ``norm`` (it then returns hidden states). ``build_attention`` is an attribute
+so that parallel code (context parallelism) can swap in its own attention for the same mask rule.
 """
 from __future__ import annotations
 
@@ -104,10 +108,10 @@ class GLMModel(nn.Module):
             self.position_embeddings = nn.Embedding(cfg.max_position_embeddings + 1, cfg.hidden_size)
             self.block_position_embeddings = nn.Embedding(cfg.max_position_embeddings + 1, cfg.hidden_size)
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.num_layers)})
         self.norm = make_norm(cfg)
-        if not cfg.tie_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.build_attention = build_attention
         self.init_weights()
 
     @torch.no_grad()
@@ -143,28 +147,36 @@ class GLMModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, block_position_ids: torch.Tensor,
                 segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tensor:
-        """All inputs [B, S] (part_a bool); returns float32 logits [B, S, V]."""
+        """All inputs [B, S] (part_a bool); returns float32 logits [B, S, V]. On a pipeline stage without
+        embeddings ``input_ids`` are the previous stage's hidden states [B, S, H]; a stage without the
+        final norm returns hidden states."""
         cfg = self.cfg
-        inputs = dict(input_ids=input_ids, position_ids=position_ids, block_position_ids=block_position_ids,
-                      segment_ids=segment_ids, part_a=part_a)
-        if input_ids.dim() != 2 or any(t.shape != input_ids.shape for t in inputs.values()):
+        inputs = dict(position_ids=position_ids, block_position_ids=block_position_ids, segment_ids=segment_ids,
+                      part_a=part_a)
+        if position_ids.dim() != 2 or any(t.shape != input_ids.shape[:2] for t in inputs.values()):
             raise ValueError("GLMModel inputs must all be [B, S]; got "
-                             + ", ".join(f"{k} {tuple(t.shape)}" for k, t in inputs.items()))
-        h = self.embed_tokens(input_ids)  # [B, S, H]
+                             + ", ".join(f"{k} {tuple(t.shape)}" for k, t in {"input_ids": input_ids, **inputs}.items()))
+        h = self.embed(input_ids, position_ids, block_position_ids) if self.embed_tokens is not None else input_ids
         rotary = None
+        if cfg.position_encoding != "learned_2d":
+            rotary = rotary_cos_sin(cfg, position_ids, block_position_ids, h.dtype)
+        attend = self.build_attention(self.attention_backend(h.device), segment_ids, part_a)
+        for layer in self.layers.values():
+            h = layer(h, attend, rotary)
+        if self.norm is None:
+            return h
+        head = self.lm_head.weight if self.lm_head is not None else self.embed_tokens.weight
+        return F.linear(self.norm(h), head).float()
+
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor, block_position_ids: torch.Tensor):
+        """Token (+ learned 2-D position) embeddings [B, S, H], with GLM-130B's gradient shrink."""
+        cfg = self.cfg
+        h = self.embed_tokens(input_ids)  # [B, S, H]
         if cfg.position_encoding == "learned_2d":
             h = h + self.position_embeddings(position_ids) + self.block_position_embeddings(block_position_ids)
-        else:
-            rotary = rotary_cos_sin(cfg, position_ids, block_position_ids, h.dtype)
         if cfg.embedding_grad_shrink != 1.0:
             h = h * cfg.embedding_grad_shrink + h.detach() * (1.0 - cfg.embedding_grad_shrink)
-        h = self.embed_dropout(h)
-        attend = build_attention(self.attention_backend(input_ids.device), segment_ids, part_a)
-        for layer in self.layers:
-            h = layer(h, attend, rotary)
-        h = self.norm(h)
-        head = self.embed_tokens.weight if cfg.tie_embeddings else self.lm_head.weight
-        return F.linear(h, head).float()
+        return self.embed_dropout(h)
 
     def attention_backend(self, device: torch.device) -> str:
         if self.cfg.attention_backend != "auto":

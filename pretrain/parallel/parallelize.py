@@ -36,7 +36,7 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype, 
     mixed-precision cast lives, so there is one code path. Gradients are reduced in fp32 and *summed*
     over dp ranks: the loss is already divided by the global count of Part-B tokens."""
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for layer in model.layers.children():
+    for layer in model.layers.values():
         fully_shard(layer, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     # The root's parameters are needed again right after forward (the head's backward comes first).
     fully_shard(model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=False)

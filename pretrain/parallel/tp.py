@@ -91,7 +91,7 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> 
 
 def _layer_names(model: nn.Module) -> list[str]:
     layers = getattr(model, "layers", None)
-    if not isinstance(layers, (nn.ModuleList, nn.ModuleDict)) or len(layers) == 0:
+    if not isinstance(layers, nn.ModuleDict) or len(layers) == 0:
         raise ValueError("the model has no non-empty `layers` container; the TP plan follows the names in "
                          "docs/architecture.md")
     return [f"layers.{name}" for name, _ in layers.named_children()]
