@@ -70,14 +70,14 @@ def bench_preprocess(work: Path, tokenizer_path: Path, copies: int) -> list[str]
 
 def bench_loader(cache: Path, batches: int, micro_batch_size: int) -> list[str]:
     seq_len, objective = 2048, ObjectiveConfig(strategy="glm-10b")
-    cfg = DataConfig(cache_dir=str(cache))
+    cfg = DataConfig(corpus="embedded", cache_dir=str(cache))
     build = dict(seq_len=seq_len, raw_len=raw_length(objective, seq_len), global_batch_size=micro_batch_size,
                  micro_batch_size=micro_batch_size, dp_rank=0, dp_size=1, seed=0)
     glm = glm_collator(open_data(cfg), objective, seq_len=seq_len, seed=0, global_batch_size=micro_batch_size)
     rows = [f"| collator | workers | ms per micro-batch (mbs {micro_batch_size}, seq {seq_len}) |", "|---|---|---|"]
     for name, collator in (("pass-through (sample assembly only)", list), ("GLMCollator glm-10b", glm)):
         for workers in (0, 2, 4):
-            loader = build_loader(DataConfig(cache_dir=str(cache), num_workers=workers), collator, **build)
+            loader = build_loader(DataConfig(corpus="embedded", cache_dir=str(cache), num_workers=workers), collator, **build)
             it = iter(loader)
             for _ in range(3):  # worker start-up and first epoch index builds are not per-batch costs
                 next(it)

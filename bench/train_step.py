@@ -41,7 +41,7 @@ def glm_batches(batch: int, seq_len: int, count: int) -> list[dict]:
     objective = ObjectiveConfig(strategy="glm-10b")
     geometry = dict(seq_len=seq_len, raw_len=raw_length(objective, seq_len), global_batch_size=batch,
                     micro_batch_size=batch, dp_rank=0, dp_size=1, seed=0)
-    data = DataConfig(num_workers=0)
+    data = DataConfig(corpus="embedded", num_workers=0)
     source = open_data(data)
     collator = glm_collator(source, objective, seq_len=seq_len, seed=0, global_batch_size=batch)
     loader = build_loader(data, collator, **geometry, source=source)

@@ -17,7 +17,7 @@ def write_sweep(directory: Path, cache: Path, variants: dict, eval_objective: di
     base = {
         "model": {"preset": "glm-tiny"},
         "objective": {"strategy": "glm"},
-        "data": {"cache_dir": str(cache), "num_workers": 0},
+        "data": {"corpus": "embedded", "cache_dir": str(cache), "num_workers": 0},
         "train": {"max_steps": 2, "global_batch_size": 2, "micro_batch_size": 2, "seq_len": 64, "lr": 3e-3},
         "checkpoint": {"interval": 0, "keep": 1},
         "eval": {"interval": 2, "batches": 1, **({"objective": eval_objective} if eval_objective else {})},

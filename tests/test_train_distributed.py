@@ -38,7 +38,7 @@ def base_config(tmp_path_factory) -> Path:
     config = {
         "model": {"preset": "glm-tiny"},
         "objective": {"strategy": "glm-10b"},
-        "data": {"cache_dir": str(cache), "num_workers": 0},
+        "data": {"corpus": "embedded", "cache_dir": str(cache), "num_workers": 0},
         "train": {"max_steps": STEPS, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 64, "lr": 3e-3,
                   "warmup_steps": 2, "lr_decay_steps": STEPS, "seed": 0},
         "checkpoint": {"interval": 5, "keep": 3},

@@ -163,7 +163,7 @@ def trainer_factory(tmp_path_factory, single_process_env):
         from pretrain.train.loop import Trainer
         cfg = load_config(SMOKE, ["parallel.tp=1", "train.seq_len=64", "train.global_batch_size=4",
                                   "train.micro_batch_size=2", "eval.interval=0", "metrics.tensorboard=false",
-                                  f"data.cache_dir={cache}", "data.num_workers=0", f"run.dir={run_dir}",
+                                  "data.corpus=embedded", f"data.cache_dir={cache}", "data.num_workers=0", f"run.dir={run_dir}",
                                   *overrides])
         return Trainer(cfg)
 

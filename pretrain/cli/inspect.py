@@ -16,7 +16,8 @@ from pretrain.data.store import read_manifest
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a run config; its data and objective sections are used")
-    parser.add_argument("--data", help="a preprocessed directory (default: the embedded corpus)")
+    parser.add_argument("--data", help="a preprocessed directory, or 'embedded' for the built-in corpus "
+                                       "(default: the config's data section)")
     parser.add_argument("--sample-id", type=int, default=0, help="global sample id to decode")
     parser.add_argument("--split", default="train", choices=("train", "valid"))
     parser.add_argument("--seq-len", type=int, help="default: the config's train.seq_len, else 512")
@@ -30,7 +31,7 @@ def _configs(args: argparse.Namespace):
     raw = load_yaml(args.config) if args.config else {}
     data = from_dict(DataConfig, raw.get("data"), f"{args.config}: data")
     if args.data:
-        data.path = args.data
+        data.path, data.corpus = (None, "embedded") if args.data == "embedded" else (args.data, None)
     data.num_workers = 0
     return data, from_dict(ObjectiveConfig, raw.get("objective"), f"{args.config}: objective"), raw.get("train") or {}
 

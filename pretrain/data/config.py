@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
 class DataConfig:
-    # A preprocessed directory (manifest.json + tokenizer.json, see `python -m pretrain preprocess`);
-    # null -> the embedded multilingual corpus, built on demand under cache_dir.
+    # A preprocessed directory (manifest.json + tokenizer.json, see `python -m pretrain preprocess`).
     path: str | None = None
+    # Instead of path: "embedded" = the built-in multilingual corpus (mimesis text), built under cache_dir.
+    corpus: Literal["embedded"] | None = None
     # The embedded corpus and the per-epoch shuffle index cache (<cache_dir>/index).
     cache_dir: str = "runs/_data"
     # Language weights q_l ∝ p_l^alpha over training tokens (XLM-R / mT5 use 0.3).
@@ -32,6 +34,8 @@ class DataConfig:
     special_tokens: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.path is not None and self.corpus is not None:
+            raise ValueError(f"path={self.path!r} and corpus={self.corpus!r} both name the data; keep one")
         if not (math.isfinite(self.alpha) and 0.0 < self.alpha <= 1.0):
             raise ValueError(f"alpha={self.alpha} must be in (0, 1] (1 = proportional to data, 0.3 = XLM-R)")
         for lang, weight in self.weights.items():

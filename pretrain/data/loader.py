@@ -165,6 +165,9 @@ class DataSource:
 def open_data(cfg: DataConfig, declared_special_tokens: Mapping[str, str] = {}) -> DataSource:
     """``data.path``, or the embedded corpus, built on first use. ``declared_special_tokens``: the
     roles the run's strategies need beyond the core ones (``objectives.declared_special_tokens``)."""
+    if cfg.path is None and cfg.corpus is None:
+        raise ValueError("data.path is not set: give a preprocessed directory (data.path=DIR, made by `python -m "
+                         "pretrain preprocess`) or ask for the built-in corpus by name (data.corpus=embedded)")
     root = Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
     store = open_store(root, verify_checksums=cfg.verify_checksums)
     tokenizer = load_tokenizer(root / TOKENIZER)
