@@ -114,6 +114,9 @@ class GLMCollator:
         for sample in samples:
             if not sample.documents:
                 raise ValueError(f"sample {sample.sample_id} has no documents; every row needs text")
+            if sample.prompt_lengths is not None:
+                raise ValueError(f"sample {sample.sample_id} is an instruction sample (prompt_lengths); this "
+                                 f"collator does not lay those out yet")
             total = 0
             for index, doc in enumerate(sample.documents):
                 if not isinstance(doc, np.ndarray) or doc.ndim != 1 or len(doc) == 0 or doc.dtype.kind not in "iu":

@@ -23,6 +23,9 @@ class TextSample:
     documents: list[np.ndarray]    # int token arrays: documents or cut pieces of one, in order; a piece
                                    # that starts a document begins with cls, one that ends it ends with eos
     language: str = ""
+    # Instruction samples (prompt, response): per document piece, 0 for plain text, or k > 0 when tokens
+    # [0, k) are the prompt and [k, len) the response (laid out as one [gMASK] span over the response).
+    prompt_lengths: list[int] | None = None
 
 
 def raw_length(cfg: ObjectiveConfig, seq_len: int) -> int:
