@@ -4,10 +4,14 @@ Layout of a preprocessed directory::
 
     manifest.json            languages -> shards with counts and sha256, tokenizer sha, fingerprint
     tokenizer.json
-    <lang>/shard-00000.bin   flat token ids (uint16 if the vocabulary fits, else uint32)
-    <lang>/shard-00000.idx.npy   int64 document offsets into the .bin, n_docs + 1 entries from 0
-    <lang>/shard-00000.json  the shard's own metadata; written last, so its presence marks completion
+    <entry>/shard-00000-00000.bin   flat token ids (uint16 if the vocabulary fits, else uint32)
+    <entry>/shard-00000-00000.idx.npy   int64 document offsets into the .bin, n_docs + 1 entries from 0
+    <entry>/shard-00000-00000.prompt.npy   instruction entries: int32 prompt tokens of each document
+    <entry>/shard-00000-00000.json  the shard's own metadata; written last, so its presence marks completion
 
+An entry is a language or an instruction source (manifest ``kind``: text | instruction), one item of
+the mixture. Shard ``shard-<input>-<chunk>`` holds rows [chunk * shard_documents, ...) of the entry's
+input number <input> (preprocess.py). An instruction document is prompt tokens then response tokens.
 Documents are stored bare; the loader frames each one as [cls] + tokens + [eos]. Memory maps are
 opened lazily in each process and never pickled (DataLoader workers open their own).
 """
@@ -24,7 +28,7 @@ from pretrain.data.tokenizer import file_sha256
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards per (input, chunk), entry kinds, instruction prompt lengths
 
 
 class CorruptDataError(ValueError):
@@ -40,10 +44,15 @@ def shard_files(root: Path, lang: str, name: str) -> tuple[Path, Path, Path]:
     return folder / f"{name}.bin", folder / f"{name}.idx.npy", folder / f"{name}.json"
 
 
+def prompt_file(root: Path, lang: str, name: str) -> Path:
+    return root / lang / f"{name}.prompt.npy"
+
+
 def data_fingerprint(tokenizer_sha256: str, languages: dict) -> str:
-    """Hash of everything that defines the token streams: tokenizer and every shard's content hash."""
-    shards = {lang: [(s["name"], s["n_docs"], s["n_tokens"], s["bin_sha256"], s["idx_sha256"])
-                     for s in info["shards"]] for lang, info in sorted(languages.items())}
+    """Hash of everything that defines the token streams: tokenizer, entry kinds, every shard's content hash."""
+    shards = {lang: [info.get("kind", "text")] + [
+        (s["name"], s["n_docs"], s["n_tokens"], s["bin_sha256"], s["idx_sha256"], s.get("prompt_sha256", ""))
+        for s in info["shards"]] for lang, info in sorted(languages.items())}
     payload = json.dumps([FORMAT_VERSION, tokenizer_sha256, shards], sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:16]
 
@@ -55,6 +64,7 @@ class LanguageStore:
     dtype: np.dtype
     offsets: np.ndarray      # [n_docs + 1] int64 token offsets over the language's shards, concatenated
     shard_doc_start: np.ndarray  # [n_shards + 1] first document of each shard
+    prompt_lengths: np.ndarray | None = None  # [n_docs] instruction entries: prompt tokens of each document
     _maps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -138,6 +148,21 @@ def _open_shard(root: Path, lang: str, shard: dict, dtype: np.dtype, vocab_size:
     return offsets.astype(np.int64)
 
 
+def _open_prompts(root: Path, lang: str, shard: dict, offsets: np.ndarray, verify: bool) -> np.ndarray:
+    """An instruction shard's prompt lengths: one per document, each leaving a non-empty response."""
+    path = prompt_file(root, lang, shard["name"])
+    if not path.is_file():
+        raise CorruptDataError(f"shard file {path} listed in {root / MANIFEST} is missing; re-run preprocess")
+    if verify and file_sha256(path) != shard["prompt_sha256"]:
+        raise CorruptDataError(f"shard file {path} does not match its sha256 in {root / MANIFEST}: "
+                               f"modified or corrupted; re-run preprocess")
+    prompts = np.load(path)
+    if prompts.shape != (shard["n_docs"],) or np.any(prompts < 0) or np.any(prompts >= np.diff(offsets)):
+        raise CorruptDataError(f"shard file {path}: prompt lengths do not fit the {shard['n_docs']} documents "
+                               f"of its shard; re-run preprocess")
+    return prompts.astype(np.int64)
+
+
 def open_store(root: str | Path, verify_checksums: bool = True) -> TokenStore:
     root = Path(root)
     manifest = read_manifest(root)
@@ -152,12 +177,16 @@ def open_store(root: str | Path, verify_checksums: bool = True) -> TokenStore:
     dtype = np.dtype(manifest["dtype"])
     languages = {}
     for lang, info in sorted(manifest["languages"].items()):
-        offsets, doc_starts, bins, tokens = [np.zeros(1, np.int64)], [0], [], 0
+        offsets, doc_starts, bins, tokens, prompts = [np.zeros(1, np.int64)], [0], [], 0, []
+        instruction = info.get("kind") == "instruction"
         for shard in info["shards"]:
             local = _open_shard(root, lang, shard, dtype, manifest["vocab_size"], verify_checksums)
+            if instruction:
+                prompts.append(_open_prompts(root, lang, shard, local, verify_checksums))
             offsets.append(local[1:] + tokens)
             tokens += int(local[-1])
             doc_starts.append(doc_starts[-1] + shard["n_docs"])
             bins.append(shard_files(root, lang, shard["name"])[0])
-        languages[lang] = LanguageStore(lang, bins, dtype, np.concatenate(offsets), np.array(doc_starts))
+        languages[lang] = LanguageStore(lang, bins, dtype, np.concatenate(offsets), np.array(doc_starts),
+                                        np.concatenate(prompts) if instruction else None)
     return TokenStore(root, manifest, languages)
