@@ -78,8 +78,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.finalize:
         done = run_node(plan, setup, num_nodes=num_nodes, node_rank=node_rank, num_proc=args.num_proc)
         if num_nodes > 1:
-            print(f"node {node_rank} of {num_nodes}: {len(done)} of {len(plan.inputs)} inputs done; when every node "
-                  f"is done, run the same command with --finalize --num-nodes {num_nodes}")
+            print(f"node {node_rank} of {num_nodes}: its share is done ({len(done)} of the {len(plan.inputs)} inputs); "
+                  f"when every node is done, run the same command with --finalize --num-nodes {num_nodes}")
             return 0
     _summary(finalize(plan, setup, dedup=args.dedup, num_nodes=num_nodes))
     return 0
