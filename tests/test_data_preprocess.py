@@ -123,11 +123,13 @@ def test_rerun_skips_finished_shards_and_redoes_an_interrupted_one(raw, tokenize
     (root / "de" / "shard-00000-00001.bin").write_bytes(b"\0\0")
     (root / "de" / ".shard-00000-00001.bin.tmp1234").write_bytes(b"\0")
     (root / ".inputs" / "de" / "00000.json").unlink()
+    writing = root / "en" / ".shard-00000-00000.bin.tmp77-other"  # another node's shard being written right now
+    writing.write_bytes(b"\0")
     rerun = run(raw, tokenizer_path, root, shard_documents=2)
     assert read_manifest(rerun)["fingerprint"] == fingerprint
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())  # finished shard skipped
     assert stored_texts(rerun, "de") == [t for t in DE if t.strip()]
-    assert not list(root.rglob(".*.tmp*"))
+    assert list(root.rglob(".*.tmp*")) == [writing]  # this input's leftovers go, nothing else
 
 
 def test_missing_and_unreadable_inputs_are_refused(raw, tokenizer_path, tmp_path, monkeypatch):

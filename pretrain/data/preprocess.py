@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pretrain.data import nodes
 from pretrain.data.instruct import encode_pairs, record_pairs
 from pretrain.data.megatron import MegatronDataset
-from pretrain.data.shards import ShardWriter, finished, hash_file, remove_stale, write_subset
+from pretrain.data.shards import ShardWriter, finished, hash_file, write_subset
 from pretrain.data.sources import Input, Plan, SourceOptions, digest, read_rows, text_rows
 from pretrain.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, shard_files, token_dtype
 from pretrain.data.tokenizer import atomic_write, file_sha256, load_tokenizer, resolve_special_tokens
@@ -178,7 +178,10 @@ def process_input(source: Input, setup: Setup) -> dict:
     if record is not None and record["key"] == key and all(
             finished(setup.root, e, m["name"], m["key"], setup.dtype) for e, ms in record["entries"].items() for m in ms):
         return record
-    remove_stale(setup.root, shard_prefix(source))
+    # what an interrupted run of this input left (only its own: other nodes may be writing beside it)
+    for stale in [*setup.root.glob(f"{source.entry or '*'}/.{shard_prefix(source)}*.tmp*"),
+                  *setup.record_path(source).parent.glob(f".{setup.record_path(source).name}.tmp*")]:
+        stale.unlink(missing_ok=True)
     series: dict[str, EntryShards] = {}
     empty_file = source.size == 0 and source.rows is None
     for langs, docs, kind in [] if empty_file else _batches(source, setup):

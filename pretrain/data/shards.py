@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from pretrain.data.store import prompt_file, shard_files
-from pretrain.data.tokenizer import atomic_write
+from pretrain.data.tokenizer import atomic_write, temporary_path
 
 HASH_BYTES = 16
 FLUSH_BYTES = 8 << 20
@@ -29,19 +28,12 @@ def hash_file(root: Path, entry: str, name: str) -> Path:
     return root / entry / f"{name}.hash.npy"
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{uuid.uuid4().hex[:12]}")  # unique across hosts sharing the dir
-
-
 def _save_npy(path: Path, array: np.ndarray) -> str:
     """Write ``array`` as .npy atomically; returns the file's sha256."""
     buffer = io.BytesIO()
     np.save(buffer, array)
-    data = buffer.getvalue()
-    tmp = _temporary(path)
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return hashlib.sha256(data).hexdigest()
+    atomic_write(path, buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
 def document_hash(tokens: np.ndarray, prompt_length: int | None) -> bytes:
@@ -56,7 +48,7 @@ class ShardWriter:
         (root / entry).mkdir(parents=True, exist_ok=True)
         self.root, self.entry, self.name, self.key, self.dtype = root, entry, name, key, dtype
         self.bin_path = shard_files(root, entry, name)[0]
-        self._tmp_bin = _temporary(self.bin_path)
+        self._tmp_bin = temporary_path(self.bin_path)
         self._out = open(self._tmp_bin, "wb")
         self._sha = hashlib.sha256()
         self._pending: list[np.ndarray] = []
@@ -116,12 +108,6 @@ def finished(root: Path, entry: str, name: str, key: str, dtype: np.dtype) -> di
     intact = (meta.get("key") == key and bin_path.is_file() and all(p.is_file() for p in sidecars)
               and bin_path.stat().st_size == meta["n_tokens"] * dtype.itemsize)
     return meta if intact else None
-
-
-def remove_stale(root: Path, prefix: str) -> None:
-    """Temporary files an interrupted run left for shards named ``prefix*`` (this input's only)."""
-    for stale in root.glob(f"*/.{prefix}*.tmp*"):
-        stale.unlink(missing_ok=True)
 
 
 def write_subset(root: Path, entry: str, meta: dict, keep: np.ndarray, name: str, key: str, dtype: np.dtype) -> dict:
