@@ -191,13 +191,14 @@ def _expand(spec: str, options: SourceOptions) -> list[tuple[str | None, str, st
     return [(entry, display(fs, f), b) for f, b in _files(fs, path, location)]
 
 
-def _options_key(kind: str, builder: str, options: SourceOptions) -> dict:
+def _options_key(entry: str | None, kind: str, builder: str, options: SourceOptions) -> dict:
+    """The reading options an input's tokens depend on (and no others, so changing one redoes only those)."""
     if kind == "megatron":
         return {}
     reading = {"sample_by": options.sample_by} if builder == "text" else {}
     if kind == "instruction":
         return {**reading, "instruction": options.instruction.describe()}
-    return {**reading, "text_column": options.text_column, "lang_column": options.lang_column}
+    return {**reading, "text_column": options.text_column, **({"lang_column": options.lang_column} if entry is None else {})}
 
 
 def _input(entry: str | None, kind: str, ordinal: int, location: str, builder: str,
@@ -208,7 +209,7 @@ def _input(entry: str | None, kind: str, ordinal: int, location: str, builder: s
         version = f"{version}/{idx_version}"
     else:
         size, version = identity(fs, path)
-    key = json.dumps([location, size, version, kind, builder, _options_key(kind, builder, options)])
+    key = json.dumps([location, size, version, kind, builder, _options_key(entry, kind, builder, options)])
     return Input(entry, kind, ordinal, location, builder, size, key)
 
 
