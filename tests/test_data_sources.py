@@ -66,6 +66,8 @@ def test_a_directory_maps_its_children_to_languages(tokenizer_path, tmp_path):
     (corpus / "fr" / "b.txt").write_text("deux\n")
     (corpus / "fr" / "a.txt").write_text("un\n")
     (corpus / ".cache.jsonl").write_text(jsonl(["hidden"]))
+    (corpus / "fr" / ".git").mkdir()
+    (corpus / "fr" / ".git" / "config.json").write_text("{}")
     (corpus / "README.md").write_text("not data")
     plan = read_sources([str(corpus)])
     assert [(s.entry, s.ordinal, s.location.rsplit("/", 2)[-2:]) for s in plan.inputs] == [
@@ -115,6 +117,8 @@ def test_a_saved_dataset_directory_is_an_input(tokenizer_path, tmp_path):
     plan = read_sources([f"ru={tmp_path / 'saved'}"])
     assert [s.builder for s in plan.inputs] == ["arrow", "arrow"]
     assert stored_texts(build(plan, tokenizer_path, tmp_path / "out"), "ru") == [unicodedata.normalize("NFC", d) for d in DOCS]
+    with pytest.raises(ValueError, match=r"saved' names no language: write LANG="):
+        read_sources([str(tmp_path / "saved")])  # its state.json is not a language
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS})}).save_to_disk(str(tmp_path / "dict"))
     with pytest.raises(ValueError, match=r"dict is a saved DatasetDict; give one split's directory"):
         read_sources([f"ru={tmp_path / 'dict'}"])

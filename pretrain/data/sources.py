@@ -113,7 +113,8 @@ def _files(fs, path: str, location: str) -> list[tuple[str, str]]:
             with fs.open(posixpath.join(path, "state.json")) as handle:
                 state = json.load(handle)
             return [(posixpath.join(path, f["filename"]), "arrow") for f in state["_data_files"]]
-        found = [f for f in fs.find(path) if builder_of(f) and not posixpath.basename(f).startswith(".")]
+        found = [f for f in fs.find(path) if builder_of(f)
+                 and not any(part.startswith(".") for part in posixpath.relpath(f, path).split("/"))]
     elif any(c in path for c in "*?["):
         found = [f for f in fs.glob(path) if fs.isfile(f) and builder_of(f)]
         if not found:
@@ -135,7 +136,8 @@ def _files(fs, path: str, location: str) -> list[tuple[str, str]]:
 
 def _by_name(fs, path: str, location: str) -> list[tuple[str, str, str]]:
     """A directory whose children are languages: ``en.jsonl``, ``en.idx``/``en.bin``, ``de/``."""
-    if not fs.isdir(path):
+    saved = any(fs.isfile(posixpath.join(path, name)) for name in ("state.json", "dataset_dict.json"))
+    if saved or not fs.isdir(path):
         raise ValueError(f"input {location!r} names no language: write LANG={location}, pass --lang-column, "
                          f"or give a directory of <lang>.<ext> files or <lang>/ folders")
     entries = []
