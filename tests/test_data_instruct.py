@@ -171,3 +171,20 @@ def test_collated_instruction_rows_reconstruct_records_with_loss_only_on_respons
             assert np.array_equal(ids[here & ~part_a], np.append(special.sop, piece[k:]))
         assert loss.sum() == sum(len(p) - k + 1 for p, k in zip(sample.documents, sample.prompt_lengths))
     assert instruction_rows > 0
+
+
+def test_a_damaged_prompt_file_is_refused_naming_it(data, tmp_path):
+    import shutil
+    from pretrain.data.store import CorruptDataError, prompt_file
+    copy = shutil.copytree(data, tmp_path / "copy", ignore=shutil.ignore_patterns("cache"))
+    path = prompt_file(copy, "sft", read_manifest(copy)["languages"]["sft"]["shards"][0]["name"])
+    prompts = np.load(path)
+    prompts[0] = 10_000  # longer than its document
+    np.save(path, prompts)
+    with pytest.raises(CorruptDataError, match=r"sft/shard-00000-00000.prompt.npy does not match its sha256"):
+        open_store(copy)
+    with pytest.raises(CorruptDataError, match=r"prompt.npy: prompt lengths do not fit the \d+ documents"):
+        open_store(copy, verify_checksums=False)  # sizes and ranges are checked even without hashing
+    path.unlink()
+    with pytest.raises(CorruptDataError, match=r"prompt.npy listed in .*manifest.json is missing"):
+        open_store(copy, verify_checksums=False)
