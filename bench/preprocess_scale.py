@@ -5,7 +5,8 @@ importing a Megatron dataset against tokenizing the same text. Every run is a fr
 1. Peak RSS for generated jsonl inputs of each ``--sizes`` (GB): flat memory means the same peak
    whatever the size (baseline: the smallest input).
 2. tokens/s per process with 1 process and with 2 concurrent node processes (``--num-nodes 2``), each
-   single-threaded (TOKENIZERS_PARALLELISM=false) on an input of ``--scale-gb`` (baseline: 1 process).
+   single-threaded (TOKENIZERS_PARALLELISM=false) on an input of ``--scale-gb`` (baseline: 1 process),
+   by wall clock and per CPU-second (the CPU figure does not depend on what else the machine runs).
 3. Import of the first run's tokens written as a Megatron .bin/.idx pair vs tokenizing its text.
 
     python -m pretrain bench preprocess_scale [--sizes 0.2 1] [--scale-gb 0.1] [--work DIR]
@@ -47,18 +48,21 @@ def write_jsonl(path: Path, gigabytes: float, seed: int) -> None:
 
 
 def run(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    output = Path(args[args.index("--output") + 1])
+    if "--node-rank" not in args or args[args.index("--node-rank") + 1] == "0":
+        shutil.rmtree(output, ignore_errors=True)  # a finished output would be skipped, not measured
     return subprocess.Popen([sys.executable, "-m", "pretrain", "preprocess", *args], env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def finish(process: subprocess.Popen, started: float) -> tuple[float, float]:
-    """(seconds, peak RSS in GiB) of a preprocess process."""
+def finish(process: subprocess.Popen, started: float) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in GiB) of a preprocess process."""
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise RuntimeError(f"preprocess failed: {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 2**20
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20
 
 
 def tokens(root: Path) -> int:
@@ -73,8 +77,8 @@ def memory(work: Path, tokenizer: Path, sizes: list[float]) -> list[str]:
         write_jsonl(data, size, index)
         out = work / f"out-{size}"
         started = time.perf_counter()
-        seconds, rss = finish(run(["--input", f"en={data}", "--tokenizer", str(tokenizer), "--output", str(out)]),
-                              started)
+        seconds, _, rss = finish(run(["--input", f"en={data}", "--tokenizer", str(tokenizer), "--output", str(out)]),
+                                 started)
         count = tokens(out)
         base = base or rss
         rows.append(f"| {data.stat().st_size / 1e9:.2f} GB | {count:,} | {seconds:.0f} | {count / seconds:,.0f} | "
@@ -91,23 +95,25 @@ def scaling(work: Path, tokenizer: Path, gigabytes: float) -> list[str]:
     for i, path in enumerate(inputs):
         write_jsonl(path, gigabytes, 100 + i)
     single = {"TOKENIZERS_PARALLELISM": "false"}
-    rows = ["| processes | tokens/s per process | vs 1 process |", "|---|---|---|"]
+    rows = ["| processes | tokens/s per process (wall) | vs 1 | tokens per CPU-second per process | vs 1 |",
+            "|---|---|---|---|---|"]
     started = time.perf_counter()
-    seconds, _ = finish(run(["--input", f"en={inputs[0]}", "--tokenizer", str(tokenizer), "--output",
-                             str(work / "one")], single), started)
-    one = tokens(work / "one") / seconds
-    rows.append(f"| 1 | {one:,.0f} | 1.00 |")
+    seconds, cpu, _ = finish(run(["--input", f"en={inputs[0]}", "--tokenizer", str(tokenizer), "--output",
+                                  str(work / "one")], single), started)
+    one, one_cpu = tokens(work / "one") / seconds, tokens(work / "one") / cpu
+    rows.append(f"| 1 | {one:,.0f} | 1.00 | {one_cpu:,.0f} | 1.00 |")
     common = ["--input", f"en={inputs[0]}", "--input", f"de={inputs[1]}", "--tokenizer", str(tokenizer),
               "--output", str(work / "two"), "--num-nodes", "2"]
     started = time.perf_counter()
     processes = [run([*common, "--node-rank", str(rank)], single) for rank in range(2)]
-    times = [finish(p, started)[0] for p in processes]
+    times = [finish(p, started)[:2] for p in processes]
     subprocess.run([sys.executable, "-m", "pretrain", "preprocess", *common[:-2], "--finalize", "--num-nodes", "2"],
                    check=True, stdout=subprocess.DEVNULL)
     manifest = read_manifest(work / "two")["languages"]
-    per_process = [manifest[lang]["n_tokens"] / t for lang, t in zip(("en", "de"), times)]  # node r made input r
-    mean = sum(per_process) / 2
-    rows.append(f"| 2 (concurrent nodes) | {mean:,.0f} | {mean / one:.2f} |")
+    made = [manifest[lang]["n_tokens"] for lang in ("en", "de")]  # node r made input r
+    wall = sum(n / t for n, (t, _) in zip(made, times)) / 2
+    cpu = sum(n / c for n, (_, c) in zip(made, times)) / 2
+    rows.append(f"| 2 (concurrent nodes) | {wall:,.0f} | {wall / one:.2f} | {cpu:,.0f} | {cpu / one_cpu:.2f} |")
     print("\n".join(rows), flush=True)
     return rows
 
@@ -130,8 +136,8 @@ def megatron(work: Path, tokenizer: Path, size: float) -> list[str]:
     text_root = work / f"out-{size}"
     write_megatron(text_root, "en", work / "megatron")
     started = time.perf_counter()
-    seconds, rss = finish(run(["--input", f"en={work / 'megatron.idx'}", "--tokenizer", str(tokenizer),
-                               "--output", str(work / "imported")]), started)
+    seconds, _, rss = finish(run(["--input", f"en={work / 'megatron.idx'}", "--tokenizer", str(tokenizer),
+                                  "--output", str(work / "imported")]), started)
     same = read_manifest(work / "imported")["fingerprint"] == read_manifest(text_root)["fingerprint"]
     count = tokens(work / "imported")
     rows = [f"| Megatron import of {count:,} tokens | {seconds:.1f} s | {count / seconds:,.0f} tokens/s | "
@@ -145,14 +151,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.2, 1.0], help="input sizes in GB")
     parser.add_argument("--scale-gb", type=float, default=0.1, help="input per process for the scaling run")
     parser.add_argument("--work", help="working directory (default: a temporary one)")
+    parser.add_argument("--parts", default="memory,megatron,scaling", help="which measurements (megatron needs memory)")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-preprocess-"))
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_embedded_corpus(work / "cache") / "tokenizer.json"
     print(f"work dir {work}; {os.cpu_count()} cores; load {os.getloadavg()}", flush=True)
-    report = memory(work, tokenizer, sorted(args.sizes))
-    report += [""] + megatron(work, tokenizer, sorted(args.sizes)[0])
-    report += [""] + scaling(work, tokenizer, args.scale_gb)
+    report = memory(work, tokenizer, sorted(args.sizes)) if "memory" in parts else []
+    report += [""] + megatron(work, tokenizer, sorted(args.sizes)[0]) if "megatron" in parts else []
+    report += [""] + scaling(work, tokenizer, args.scale_gb) if "scaling" in parts else []
     print("\n".join(report))
     if not args.work:
         shutil.rmtree(work)
