@@ -135,8 +135,8 @@ def check_versions(ctx: Context) -> dict:
     if ctx.device.type == "cuda":
         props = torch.cuda.get_device_properties(ctx.device)
         numbers.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
-                       memory_gib=round(props.total_memory / 2**30, 1), nccl=".".join(map(str, torch.cuda.nccl.version())),
-                       cudnn=torch.backends.cudnn.version())
+                       memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version(),
+                       nccl=".".join(map(str, torch.cuda.nccl.version())))
     apis = {
         "FSDPModule.set_gradient_divide_factor": hasattr(FSDPModule, "set_gradient_divide_factor"),
         "FSDPModule.set_force_sum_reduction_for_comms": hasattr(FSDPModule, "set_force_sum_reduction_for_comms"),
@@ -160,7 +160,8 @@ def check_flex_vs_dense(ctx: Context) -> dict:
         segment_ids, part_a = packed_layout(batch, seq_len, seed=ratio, device=ctx.device)
         torch.manual_seed(ratio)
         shapes = [(batch, heads, seq_len, head_dim)] + 2 * [(batch, heads // ratio, seq_len, head_dim)]
-        reference = [torch.randn(s, device=ctx.device, dtype=torch.float64 if ctx.dry else torch.float32) for s in shapes]
+        precise = torch.float64 if ctx.dry else torch.float32
+        reference = [torch.randn(s, device=ctx.device, dtype=precise) for s in shapes]
         grad_out = torch.randn(shapes[0], device=ctx.device)
         dense = build_attention("dense", segment_ids, part_a)
         expected = _run(dense, reference, grad_out, backward)
@@ -172,7 +173,8 @@ def check_flex_vs_dense(ctx: Context) -> dict:
                          "dense_bf16_err": baseline, "ok": error <= 3 * baseline + 1e-4})
     failed = [f"{r['gqa']} {r['tensor']}" for r in rows if not r["ok"]]
     note = "" if backward else "forward only: torch has no Flex backward on CPU"
-    return {"status": "fail" if failed else "pass", "reason": f"error above 3x dense bf16's: {failed}" if failed else note,
+    reason = f"error above 3x dense bf16's: {failed}" if failed else note
+    return {"status": "fail" if failed else "pass", "reason": reason,
             "numbers": {"batch": batch, "heads": heads, "seq_len": seq_len, "head_dim": head_dim,
                         "visible_pairs": int(visible_pairs(segment_ids, part_a).sum())}, "rows": rows}
 
@@ -233,15 +235,17 @@ def check_block_mask(ctx: Context) -> dict:
     rows = []
     for seq_len in ctx.sizes.mask_lengths:
         segment_ids, part_a = packed_layout(1, seq_len, seed=seq_len, device=ctx.device)
+        mask_mod = glm_mask_mod(segment_ids, part_a)
         if ctx.dry:  # eager: compiling the mask builder costs minutes of CPU
-            build = lambda: create_block_mask(glm_mask_mod(segment_ids, part_a), 1, None, seq_len, seq_len, device="cpu")  # noqa: E731
+            build = lambda: create_block_mask(mask_mod, 1, None, seq_len, seq_len, device="cpu")  # noqa: E731
         else:
             build = lambda: build_attention("flex", segment_ids, part_a).block_mask  # noqa: E731
         seconds = timed(build, ctx.device)
         mask, peak = _with_peak(build, ctx.device)
         stored = sum(t.numel() * t.element_size() for t in mask.as_tuple() if isinstance(t, torch.Tensor))
         rows.append({"seq_len": seq_len, "build_ms": round(seconds * 1e3, 3), "blockmask_mib": round(stored / 2**20, 3),
-                     "build_peak_mib": None if peak is None else round(peak / 2**20, 1), "sparsity": round(mask.sparsity(), 1)})
+                     "build_peak_mib": None if peak is None else round(peak / 2**20, 1),
+                     "sparsity_pct": round(mask.sparsity(), 1)})
     return {"status": "pass", "reason": "" if not ctx.dry else "eager builder, CPU: times are not GPU numbers",
             "rows": rows}
 
@@ -356,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return found.stdout.strip() or None
     except OSError:
         return None
 
