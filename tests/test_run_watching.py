@@ -15,7 +15,7 @@ from tests.test_train_units import trainer_factory  # noqa: F401  (fixture)
 
 
 def test_console_line_shows_progress_tokens_and_eta():
-    record = {"step": 120, "loss": 2.5, "loss/token": 2.25, "loss/source/en": 2.0, "tokens_per_s": 45_600.0,
+    record = {"step": 120, "loss": 2.5, "loss/token": 2.25, "source_loss/en": 2.0, "tokens_per_s": 45_600.0,
               "tokens_seen": 1_234_567, "eta_s": 3725.0, "mfu": None}
     assert console_line(record, 1000) == ("step 120/1000 12% | loss 2.5000 (token 2.250) | 45.6k tok/s | "
                                           "1.23M tok | eta 1h02m")
@@ -58,14 +58,14 @@ def test_per_source_losses_add_up_to_the_loss(trainer_factory, tmp_path):  # noq
     counts = torch.zeros(len(loader.languages), dtype=torch.float64)
     for batch in seen:
         counts.index_add_(0, batch["source_ids"], batch["loss_mask"].sum(1).double())
-    per_source = {k.removeprefix("loss/source/"): v for k, v in record.items() if k.startswith("loss/source/")}
+    per_source = {k.removeprefix("source_loss/"): v for k, v in record.items() if k.startswith("source_loss/")}
     assert set(per_source) == {loader.languages[i] for i in counts.nonzero().flatten().tolist()}
     weighted = sum(per_source[lang] * counts[loader.languages.index(lang)] for lang in per_source) / counts.sum()
     assert float(weighted) == pytest.approx(record["loss"], rel=1e-6)
     assert record["tokens_seen"] == sum(int((b["segment_ids"] >= 0).sum()) for b in seen)
 
     evaluated = trainer.evaluate()
-    eval_sources = {k: v for k, v in evaluated.items() if k.startswith("eval/loss/source/")}
+    eval_sources = {k: v for k, v in evaluated.items() if k.startswith("eval/source_loss/")}
     assert {k.rsplit("/", 1)[1] for k in eval_sources} <= set(loader.languages) and len(eval_sources) >= 2
     assert min(eval_sources.values()) <= evaluated["eval/loss"] <= max(eval_sources.values())
 
@@ -85,7 +85,7 @@ def test_a_run_prints_progress_and_logs_to_wandb_offline(trainer_factory, tmp_pa
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1
     logged = (runs[0] / f"run-{run_id}.wandb").read_bytes()  # protobuf records: the keys are plain text
-    assert all(key.encode() in logged for key in ("loss", "grad_norm", "tokens_seen", "loss/source/", "train"))
+    assert all(key.encode() in logged for key in ("loss", "grad_norm", "tokens_seen", "source_loss/", "train"))
 
 
 def test_wandb_without_the_package_is_refused_with_a_fix(trainer_factory, tmp_path, monkeypatch):  # noqa: F811

@@ -173,7 +173,7 @@ class Trainer:
         self.tokens_seen += int(tokens)
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 **StrategyLosses.means(by_strategy, s.strategy_names, "loss"),
-                **StrategyLosses.means(by_source, s.loader.languages, "loss/source"),
+                **StrategyLosses.means(by_source, s.loader.languages, "source_loss"),
                 **self._throughput(tokens, pairs, time.perf_counter() - start),
                 "tokens_seen": self.tokens_seen, "nonfinite_skipped": self.nonfinite_skipped}
 
@@ -225,7 +225,7 @@ class Trainer:
         sums, counts = by_strategy.chunk(2)
         overall = (sums.sum() / counts.sum().clamp(min=1)).item()
         return {"eval/loss": overall, **StrategyLosses.means(by_strategy, s.eval_strategy_names, "eval/loss"),
-                **StrategyLosses.means(by_source, s.eval_loader.languages, "eval/loss/source")}
+                **StrategyLosses.means(by_source, s.eval_loader.languages, "eval/source_loss")}
 
     # ----------------------------------------------------------------------------- preemption
     def _on_sigterm(self, signum, frame) -> None:

@@ -141,9 +141,8 @@ def console_line(record: dict[str, Any], max_steps: int) -> str:
     """``step 120/1000 12% | loss 5.2 (token 5.1, ...) | ... | 1.23M tok/s | 157M tok | eta 1h02m``."""
     step = record["step"]
     parts = [f"step {step}/{max_steps} {step / max_steps:.0%}"]
-    if "loss" in record:  # per strategy: "loss/<name>" (per source, "loss/source/<name>", is not shown)
-        per_strategy = ", ".join(f"{k[5:]} {v:.3f}" for k, v in record.items()
-                                 if k.startswith("loss/") and k.count("/") == 1)
+    if "loss" in record:
+        per_strategy = ", ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("loss/"))
         parts.append(f"loss {record['loss']:.4f}" + (f" ({per_strategy})" if per_strategy else ""))
     if "eval/loss" in record:
         parts.append(f"eval loss {record['eval/loss']:.4f}")
