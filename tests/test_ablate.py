@@ -69,7 +69,7 @@ def test_sweep_summarizes_each_variant_from_its_metrics(sweep_out):
         assert row[2] == f"{last['loss']:.4f}" and row[4] == f"{last['eval/loss']:.4f}"
         # scored under the common objective, not the training one
         assert row[5] == f"{last['eval/loss/document']:.4f}"
-        assert [key for key in last if key.startswith("eval/")] == ["eval/loss", "eval/loss/document"]
+        assert [key for key in last if key.startswith("eval/loss")] == ["eval/loss", "eval/loss/document"]
         assert float(row[6]) == pytest.approx(statistics.median(r["tokens_per_s"] for r in records), abs=0.5)
         marker = json.loads((out / row[0] / MARKER).read_text())
         assert float(row[7]) == pytest.approx(marker["wall_s"], abs=0.05) and marker["wall_s"] > 0

@@ -122,6 +122,9 @@ def test_parallel_layout_reproduces_single_process_losses(layout, reference, req
         assert by_step[r["step"]]["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-4), (layout, r["step"])
         if "eval/loss" in r:  # the same held-out samples whatever the layout
             assert by_step[r["step"]]["eval/loss"] == pytest.approx(r["eval/loss"], abs=LOSS_ATOL), layout
+        # per-source losses are reduced over the dp group like the loss (tp ranks hold the same rows)
+        per_source = {k: v for k, v in r.items() if "source_loss/" in k}
+        assert per_source and {k: by_step[r["step"]].get(k) for k in per_source} == pytest.approx(per_source, abs=1e-4)
 
 
 # GLM-4 architecture on glm-tiny's sizes: untied head, GQA (2 KV heads: one per TP rank), partial
@@ -242,6 +245,7 @@ def test_metrics_jsonl_and_checkpoints_of_a_run(reference):
         assert row["tokens_per_s"] > 0 and row["tflops"] > 0 and row["nonfinite_skipped"] == 0
         strategy_losses = {k: v for k, v in row.items() if k.startswith("loss/")}
         assert strategy_losses and set(strategy_losses) <= {"loss/token", "loss/sentence", "loss/document"}
+        assert row["tokens_seen"] > 0 and any(k.startswith("source_loss/") for k in row)
     assert len({k for r in rows for k in r if k.startswith("loss/")}) >= 2  # one strategy per global batch
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
     assert rows[0]["lr"] == pytest.approx(1.5e-3) and rows[1]["lr"] == pytest.approx(3e-3)  # warmup 2 steps

@@ -123,7 +123,7 @@ def test_peak_flops_and_console_line():
     assert peak_tflops(torch.device("cpu"), 50.0) == 50.0
     line = console_line({"step": 3, "loss": 2.5, "loss/token": 2.25, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 1000.0,
                          "tflops": 1.52, "mfu": 0.25, "max_memory_gib": 1.0, "nonfinite_skipped": 0}, 10)
-    assert line == ("step 3/10 | loss 2.5000 (token 2.250) | lr 1.00e-03 | gnorm 0.500 | 1000 tok/s | 1.52 TFLOP/s | "
+    assert line == ("step 3/10 30% | loss 2.5000 (token 2.250) | lr 1.00e-03 | gnorm 0.500 | 1k tok/s | 1.52 TFLOP/s | "
                     "mfu 25.0% | mem 1.00 GiB")
 
 

@@ -21,14 +21,14 @@ class DataConfig:
     # UniMax-style caps: a language stops after this many passes over its data; its share is
     # redistributed over the languages still running.
     max_epochs: dict[str, float] = field(default_factory=dict)
-    num_workers: int = 2
+    num_workers: int = 2  # DataLoader worker processes per rank (0: load in the training process)
     # Slots in one periodic blend block; every block holds each language's exact count.
     blend_block: int = 8192
     # Documents per language held out from training and used by split="valid".
     eval_documents: int = 4
     # Hash every shard against the manifest when the loader opens the data (sizes are always checked).
     verify_checksums: bool = True
-    embedded_vocab_size: int = 2048
+    embedded_vocab_size: int = 2048  # BPE vocabulary of the embedded corpus's tokenizer
     # Role -> token string, for a tokenizer that names a special token differently (e.g. {cls: "<s>"});
     # roles not given are looked up by their usual names and added to the vocabulary when missing.
     special_tokens: dict[str, str] = field(default_factory=dict)

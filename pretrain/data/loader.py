@@ -97,8 +97,10 @@ class PretrainLoader:
     def __iter__(self) -> Iterator[dict]:
         sampler = self._sampler()
         workers = self.num_workers
+        sources = {name: i for i, name in enumerate(self.languages)}
+        collate = functools.partial(collate_with_sources, self.collator, sources)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=workers,
+            self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
             pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)
         for batch in loader:
             if self.split == "train":
@@ -140,6 +142,14 @@ class PretrainLoader:
             raise ResumeMismatchError(f"cannot resume: consumed_samples={consumed} is past the end of the "
                                       f"data ({self.stop} samples)")
         self.consumed_samples = consumed
+
+
+def collate_with_sources(collator: Callable, source_index: Mapping[str, int], samples: list[TextSample]) -> dict:
+    """The collator's batch plus ``source_ids`` [B] int64: each row's source, an index into
+    ``PretrainLoader.languages`` (the trainer's per-source losses)."""
+    batch = collator(samples)
+    batch["source_ids"] = torch.tensor([source_index[sample.language] for sample in samples], dtype=torch.int64)
+    return batch
 
 
 @dataclass

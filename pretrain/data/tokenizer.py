@@ -1,5 +1,5 @@
 """Tokenizers: our byte-level BPE, and the GLM special tokens found by role in any tokenizer
-(DESIGN.md contract 3).
+(docs/contracts.md §3).
 
 Byte-level BPE never produces an unknown token, so any script works; ours registers the core special
 tokens first and is padded with reserved tokens to a multiple of 128 (tensor-parallel sharding and
@@ -61,13 +61,14 @@ def sample_training_text(texts: Mapping[str, Sequence[str]], alpha: float, max_c
                 yield lines[index]
 
 
-def train_tokenizer(lines: Iterable[str], vocab_size: int) -> Tokenizer:
+def train_tokenizer(lines: Iterable[str], vocab_size: int, progress: bool = False) -> Tokenizer:
+    """Byte-level BPE on ``lines``; ``progress``: the trainer's progress bars on stderr (reading, merges)."""
     if vocab_size < 256 + len(CORE_ROLES):
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs 256 byte tokens "
                          f"plus {len(CORE_ROLES)} special tokens")
     tokenizer = _empty_tokenizer()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, show_progress=False,
+        vocab_size=vocab_size, min_frequency=2, show_progress=progress,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=list(CORE_ROLES.values()),
         max_token_length=16)  # bounds runaway CJK / repeated-character merges

@@ -1,4 +1,4 @@
-"""GLM attention rule (DESIGN contract 4) and the three backends that compute it.
+"""GLM attention rule (docs/contracts.md §4) and the three backends that compute it.
 
     q attends k  iff  segment_ids[q] == segment_ids[k] != -1  and  (part_a[k] or k <= q);
     a padding token (segment -1) attends only to itself.

@@ -1,6 +1,6 @@
 """GLM's autoregressive blank-infilling objective: pure numpy, no torch.distributed.
 
-``build_sample`` is the deterministic core (DESIGN.md contracts 1-2); strategies draw spans;
+``build_sample`` is the deterministic core (docs/contracts.md §1-2); strategies draw spans;
 ``GLMCollator`` turns ``TextSample``s into the batch dict of docs/architecture.md.
 """
 from pretrain.objectives.collator import GLMCollator

@@ -34,14 +34,14 @@ class ObjectiveConfig:
     # token ([MASK]): fraction of tokens to cover; span lengths ~ Poisson(lambda) truncated to
     # [1, max_span_length].
     mask_ratio: float = 0.15
-    poisson_lambda: float = 3.0
-    max_span_length: int = 39
+    poisson_lambda: float = 3.0  # token: mean span length
+    max_span_length: int = 39  # token: longest span
     # sentence ([sMASK]): fraction of tokens to cover with whole sentences.
     sentence_ratio: float = 0.15
     # document ([gMASK]): one span of [min_ratio, 1] of the document; a suffix with probability
     # suffix_prob, otherwise a long infill placed uniformly.
     document_min_ratio: float = 0.5
-    document_suffix_prob: float = 0.5
+    document_suffix_prob: float = 0.5  # document: probability that the span is a suffix
     # document and causal take one span (2 extra tokens) per document: raw_length reserves room
     # for one document per this many raw tokens. Rows of shorter documents may overflow and lose
     # spans (collator.stats["overflow_rows"]); lower it for corpora of very short documents.

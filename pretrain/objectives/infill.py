@@ -1,4 +1,4 @@
-"""The deterministic core of blank infilling (DESIGN.md contracts 1-2, reference §2.5).
+"""The deterministic core of blank infilling (docs/contracts.md §1-2, reference §2.5).
 
 A segment is one GLM sample: its text with each span replaced by one mask token (Part A), then one
 block per span in Part-B order, input ``sop + span`` and target ``span + eop``. Part-A tokens keep
@@ -16,7 +16,7 @@ import numpy as np
 
 @dataclass
 class InfillSample:
-    """One segment laid out (contract 1): numpy int arrays of length n + 2 * len(spans)."""
+    """One segment laid out (docs/contracts.md §1): numpy int arrays of length n + 2 * len(spans)."""
     input_ids: np.ndarray
     target_ids: np.ndarray
     loss_mask: np.ndarray
@@ -144,7 +144,7 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
 
 def build_sample(tokens, spans, order, mask_id: int, sop_id: int, eop_id: int,
                  block_positions: bool = True) -> InfillSample:
-    """Contract 1: lay out one text with half-open ``spans`` (sorted by start, non-overlapping) and
+    """docs/contracts.md §1: lay out one text with half-open ``spans`` (sorted by start, non-overlapping) and
     ``order[k]`` = index of the span written k-th in Part B."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.ndim != 1 or len(tokens) == 0:

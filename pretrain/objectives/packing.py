@@ -71,7 +71,7 @@ def part_b_rank(span_seg: np.ndarray, span_key: np.ndarray, shuffle: bool) -> np
 
 
 def attention_matrix(segment_ids, part_a):
-    """Dense reference of DESIGN.md rule 4, bool [..., S, S] (query, key): q attends k iff
+    """Dense reference of docs/contracts.md §4, bool [..., S, S] (query, key): q attends k iff
     seg[q] == seg[k] != -1 and (part_a[k] or k <= q); a padding token attends only to itself.
     Accepts numpy arrays or torch tensors and returns the same kind."""
     if type(segment_ids).__module__.startswith("torch"):

@@ -111,7 +111,7 @@ class SentenceStrategy(Strategy):
 
 class DocumentStrategy(Strategy):
     """[gMASK] one span of [min_ratio, 1] of each document's text after cls: a suffix (probability
-    suffix_prob) that runs to the document's end, eos included (DESIGN contract 2: Part B = sop +
+    suffix_prob) that runs to the document's end, eos included (docs/contracts.md §2: Part B = sop +
     text[d:], targets text[d:] + eop), or a long infill placed uniformly with text after it."""
     name = "document"
     mask_role = "gmask"
@@ -131,7 +131,7 @@ class DocumentStrategy(Strategy):
 
 class CausalStrategy(Strategy):
     """Plain left-to-right LM as GLM layout: one [gMASK] span over the whole text after cls, so Part
-    A is [cls] [gMASK] and Part B predicts the document up to its eos (contract 2 with d = 0)."""
+    A is [cls] [gMASK] and Part B predicts the document up to its eos (docs/contracts.md §2 with d = 0)."""
     name = "causal"
     mask_role = "gmask"
 

@@ -7,6 +7,7 @@ import typing
 
 @dataclasses.dataclass
 class ParallelConfig:
+    # torch: DTensor TP + FSDP2; deepspeed: AutoTP + ZeRO (the [deepspeed] extra: pip install -e ".[deepspeed]")
     engine: typing.Literal["torch", "deepspeed"] = "torch"
     tp: int = 1  # tensor-parallel size; data-parallel size = world_size / tp
     sequence_parallel: bool = False  # shard norms/residual activations over the sequence within TP

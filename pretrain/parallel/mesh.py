@@ -43,9 +43,13 @@ def init_distributed(device_type: str, timeout_s: float = 600.0) -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     if device_type == "cuda":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        # device_id binds the group to this rank's GPU: NCCL connects eagerly on it, and barriers and
+        # object collectives need not guess the device from the rank
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=timeout_s), device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def build_mesh(device_type: str, dims: ParallelDims) -> DeviceMesh:

@@ -16,22 +16,22 @@ from pretrain.parallel.config import ParallelConfig
 
 @dataclasses.dataclass
 class TrainConfig:
-    max_steps: int = 100
-    seed: int = 0
+    max_steps: int = 100  # optimizer steps of the run
+    seed: int = 0  # model init, data order and masks
     global_batch_size: int = 8  # rows per optimizer step, over all data-parallel ranks
     micro_batch_size: int = 8  # rows per forward/backward on one rank
-    seq_len: int = 128
-    lr: float = 3e-4
+    seq_len: int = 128  # tokens per row (Part A + Part B, padding included)
+    lr: float = 3e-4  # peak learning rate (after warmup)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr
     lr_decay_steps: int | None = None  # length of warmup+cosine; defaults to max_steps
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    weight_decay: float = 0.1  # AdamW decay of matrices and embeddings (not norms or biases)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decays
+    eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still measured and logged)
     max_consecutive_nonfinite: int = 5  # skipped NaN/inf steps in a row before the run stops
-    activation_checkpointing: bool = False
-    compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    compile: bool = False  # torch.compile each block (GPU: fused kernels, fewer launches)
     dtype: typing.Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     # full: every rank builds and initializes the whole model, then shards it (bit-identical to a
     # single process). meta: build on the meta device, shard, then allocate and initialize only the
@@ -68,7 +68,7 @@ class CheckpointConfig:
 
 @dataclasses.dataclass
 class RunConfig:
-    dir: str = "runs/default"
+    dir: str = "runs/default"  # config.yaml, metrics.jsonl, TensorBoard events, checkpoints
 
 
 @dataclasses.dataclass
@@ -86,10 +86,20 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class WandbConfig:
+    enabled: bool = False  # also log every record to Weights & Biases (the wandb package, in the [dev] extra)
+    project: str = "glm-pretrain"  # W&B project
+    entity: str | None = None  # W&B team or user (null: the logged-in user's default)
+    name: str | None = None  # W&B run name (null: the run directory's name)
+    mode: typing.Literal["online", "offline"] = "online"  # offline: files only, upload later with `wandb sync`
+
+
+@dataclasses.dataclass
 class MetricsConfig:
-    log_interval: int = 1
-    tensorboard: bool = True
+    log_interval: int = 1  # write metrics.jsonl, TensorBoard and the console line every N steps
+    tensorboard: bool = True  # TensorBoard events under <run.dir>/tensorboard
     peak_tflops: float | None = None  # per-device peak for MFU; default: looked up from the GPU name
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
     def validate(self) -> None:
         if self.log_interval < 1:

@@ -9,6 +9,7 @@ per micro-batch with the loss divided by that global count (see loss.py).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import signal
@@ -18,13 +19,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
+from tqdm import tqdm
 
 from pretrain.config import ConfigError
 from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import batch_flops
 from pretrain.train import checkpoint
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
-from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
+from pretrain.train.metrics import ETA, MetricsWriter, max_memory_gib, peak_tflops, print_line
 from pretrain.train.optim import lr_factor
 from pretrain.train.config import Config
 from pretrain.train.setup import Setup, build_setup
@@ -45,19 +47,22 @@ class Trainer:
         s = self.s
         self.engine = s.engine
         self.step = 0
+        self.tokens_seen = 0  # real (non-padding) tokens over all ranks, for the progress line
         self.nonfinite_skipped = 0
         self.consecutive_nonfinite = 0
         self.ckpt_root = cfg.checkpoint_dir()
         self.stop_requested = False
         self._resume()
-        self.metrics = MetricsWriter(Path(cfg.run.dir), s.rank == 0, cfg.metrics.tensorboard, self.step)
+        self.metrics = MetricsWriter(Path(cfg.run.dir), s.rank == 0, cfg.metrics.tensorboard, self.step,
+                                     wandb=cfg.metrics.wandb, run_config=cfg.to_dict())
         self.peak = peak_tflops(s.device, cfg.metrics.peak_tflops)
         if s.rank == 0:
             self._write_resolved_config()
 
     # ----------------------------------------------------------------------------- state
     def trainer_state(self) -> dict:
-        return {"step": self.step, "loader": self.s.loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped,
+        return {"step": self.step, "loader": self.s.loader.state_dict(), "tokens_seen": self.tokens_seen,
+                "nonfinite_skipped": self.nonfinite_skipped,
                 "consecutive_nonfinite": self.consecutive_nonfinite, "topology": self._topology()}
 
     def _topology(self) -> dict:
@@ -79,6 +84,7 @@ class Trainer:
         self.s.loader.load_state_dict(state["loader"])  # names a data or tokenizer change before the weights do
         checkpoint.load(latest, self.engine)
         self.step = state["step"]
+        self.tokens_seen = state.get("tokens_seen", 0)  # informational; absent in checkpoints before it existed
         self.nonfinite_skipped = state["nonfinite_skipped"]
         self.consecutive_nonfinite = state["consecutive_nonfinite"]
         logger.info("resumed from %s at step %d", latest, self.step)
@@ -103,11 +109,13 @@ class Trainer:
         cfg, s = self.cfg, self.s
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         batches = iter(s.loader)
+        eta = ETA(cfg.train.max_steps)
         try:
             while self.step < cfg.train.max_steps:
                 record = self.train_step(batches)
                 if cfg.eval.interval and self.step % cfg.eval.interval == 0:
                     record.update(self.evaluate())
+                record["eta_s"] = eta(self.step)
                 if self.step % cfg.metrics.log_interval == 0 or "eval/loss" in record:
                     self.metrics.log(record)
                     if s.rank == 0:
@@ -137,6 +145,7 @@ class Trainer:
         dist.all_reduce(counts, group=s.dp_group)
         denominator = counts[0].clamp(min=1).float()
         strategies = StrategyLosses(len(s.strategy_names), s.device)
+        sources = StrategyLosses(len(s.loader.languages), s.device)  # the same sums per data source
         for i, batch in enumerate(micro):
             batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
             logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
@@ -144,9 +153,12 @@ class Trainer:
                 weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]  # [B, S]
                 self.engine.backward(weighted.sum() / denominator, last_micro_batch=i == len(micro) - 1)
             strategies.add(weighted, batch["loss_mask"], batch["strategy_ids"])
-        reduced = strategies.packed()  # every Part-B token belongs to one strategy: their sums are the loss
+            sources.add(weighted, batch["loss_mask"], _per_token(batch["source_ids"], batch["loss_mask"]))
+        # every Part-B token belongs to one strategy: their sums are the loss
+        reduced = torch.cat([strategies.packed(), sources.packed()])
         dist.all_reduce(reduced, group=s.dp_group)
-        loss_value = (reduced[:len(s.strategy_names)].sum() / denominator).item()
+        by_strategy, by_source = reduced.split([2 * len(s.strategy_names), 2 * len(s.loader.languages)])
+        loss_value = (by_strategy[:len(s.strategy_names)].sum() / denominator).item()
         lr = cfg.train.lr * lr_factor(self.step, cfg.train)
         # The engine skips the update on a non-finite loss or grad norm: the same decision on every rank.
         grad_norm = self.engine.step(lr, cfg.train.grad_clip, skip=not math.isfinite(loss_value))
@@ -158,10 +170,12 @@ class Trainer:
         if s.device.type == "cuda":
             torch.cuda.synchronize(s.device)
         _, tokens, pairs = counts.tolist()
+        self.tokens_seen += int(tokens)
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                **StrategyLosses.means(reduced, s.strategy_names, "loss"),
+                **StrategyLosses.means(by_strategy, s.strategy_names, "loss"),
+                **StrategyLosses.means(by_source, s.loader.languages, "source_loss"),
                 **self._throughput(tokens, pairs, time.perf_counter() - start),
-                "nonfinite_skipped": self.nonfinite_skipped}
+                "tokens_seen": self.tokens_seen, "nonfinite_skipped": self.nonfinite_skipped}
 
     def _count_nonfinite(self, loss_value: float, grad_norm: float) -> None:
         self.nonfinite_skipped += 1
@@ -185,25 +199,33 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out loss (mean CE over Part-B tokens) overall and per strategy on eval.batches global
-        batches under cfg.eval_objective(): the same samples whatever the (dp, tp) layout."""
+        """Held-out loss (mean CE over Part-B tokens) overall, per strategy and per source (language) on
+        eval.batches global batches under cfg.eval_objective(): the same samples whatever the (dp, tp)
+        layout. A progress bar on rank 0 when stderr is a terminal."""
         s = self.s
         self.engine.model.eval()
         strategies = StrategyLosses(len(s.eval_strategy_names), s.device)
-        for i, batch in enumerate(s.eval_loader):
-            if i == self.cfg.eval.batches * s.accumulation_steps:
-                break
+        sources = StrategyLosses(len(s.eval_loader.languages), s.device)
+        micro_batches = min(len(s.eval_loader), self.cfg.eval.batches * s.accumulation_steps)
+        progress = tqdm(total=micro_batches, desc=f"eval at step {self.step}", unit="batch", leave=False,
+                        disable=None if s.rank == 0 else True)  # None: only on a terminal
+        for batch in itertools.islice(s.eval_loader, micro_batches):
             batch = {k: v.to(s.device) for k, v in batch.items()}
             logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
             with loss_context(logits):
-                strategies.add(token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"],
-                               batch["loss_mask"], batch["strategy_ids"])
+                weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]
+            strategies.add(weighted, batch["loss_mask"], batch["strategy_ids"])
+            sources.add(weighted, batch["loss_mask"], _per_token(batch["source_ids"], batch["loss_mask"]))
+            progress.update()
+        progress.close()
         self.engine.model.train()
-        packed = strategies.packed()
+        packed = torch.cat([strategies.packed(), sources.packed()])
         dist.all_reduce(packed, group=s.dp_group)
-        sums, counts = packed.chunk(2)
+        by_strategy, by_source = packed.split([2 * len(s.eval_strategy_names), 2 * len(s.eval_loader.languages)])
+        sums, counts = by_strategy.chunk(2)
         overall = (sums.sum() / counts.sum().clamp(min=1)).item()
-        return {"eval/loss": overall, **StrategyLosses.means(packed, s.eval_strategy_names, "eval/loss")}
+        return {"eval/loss": overall, **StrategyLosses.means(by_strategy, s.eval_strategy_names, "eval/loss"),
+                **StrategyLosses.means(by_source, s.eval_loader.languages, "eval/source_loss")}
 
     # ----------------------------------------------------------------------------- preemption
     def _on_sigterm(self, signum, frame) -> None:
@@ -214,3 +236,8 @@ class Trainer:
         flag = torch.tensor([float(self.stop_requested)], device=self.s.device)
         dist.all_reduce(flag)
         return bool(flag.item())
+
+
+def _per_token(row_ids: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Row ids [B] (batch["source_ids"]) broadcast to every token [B, S]."""
+    return row_ids[:, None].expand_as(like)
