@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from pretrain.model.attention import build_attention, segment_runs
-from pretrain.parallel.context import WindowedSegmentAttention, row_order, shard_rows, zigzag_positions
+from pretrain.parallel.context import (FlexRowsAttention, WindowedSegmentAttention, row_order, shard_rows,
+                                       zigzag_positions)
 from tests.test_model_attention import heads_first, qkv
 
 
@@ -66,3 +67,23 @@ def test_packed_row_with_part_b_across_every_chunk_boundary():
 def test_each_rank_attends_exactly_the_glm_rule(glm_random_layout, seed, cp, chunk):
     segment_ids, part_a = glm_random_layout(seed, 2, 2 * cp * chunk)
     assert_matches_dense(segment_ids, part_a, cp, seed)
+
+
+def test_flex_rows_forward_matches_dense(glm_random_layout):
+    """The GPU path: Flex with the rank's queries mapped to row positions. CPU: compiled forward only
+    (torch 2.13 has no Flex backward on CPU); on CUDA also backward."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    segment_ids, part_a = (t.to(device) for t in glm_random_layout(2, 2, 160))
+    tensors = [t.detach().to(device).requires_grad_(device == "cuda") for t in qkv(2, 2, 160, head_dim=16)]
+    q, k, v = heads_first(tensors)
+    with torch.set_grad_enabled(device == "cuda"):
+        ref = build_attention("dense", segment_ids, part_a)(q, k, v)
+        for rank in range(2):
+            positions = zigzag_positions(160, 2, rank).to(device)
+            out = FlexRowsAttention(segment_ids, part_a, positions)(q[:, :, positions], k, v)
+            torch.testing.assert_close(out, ref[:, :, positions], atol=2e-5, rtol=2e-5)
+            if device == "cuda":
+                grad_out = torch.randn_like(out)
+                for grad, ref_grad in zip(torch.autograd.grad(out, tensors, grad_out),
+                                          torch.autograd.grad(ref[:, :, positions], tensors, grad_out)):
+                    torch.testing.assert_close(grad, ref_grad, atol=1e-4, rtol=1e-4)

@@ -168,7 +168,7 @@ def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: Parallel
                     activation_checkpointing=cfg.train.activation_checkpointing, compile=cfg.train.compile,
                     param_dtype=dtype, reshard_after_forward=parallel.fsdp == "full")
         if cfg.train.init_device == "meta":
-            materialize(part, device, cfg.train.seed)
+            materialize(part, device, cfg.train.seed, whole=model if parallel.pp > 1 else None)
         if parallel.cp > 1:
             part.build_attention = ContextParallelAttention(mesh["cp"].get_group())
     optimizers = [build_optimizer(part, cfg.train) for part in parts]
