@@ -7,7 +7,8 @@ The GLM-4 architecture scaled down (hidden 256, 4 layers, 8/2 heads, ffn 640, vo
 row of 4 documents (Part A 75 % of each), the sdpa backend, fp32, the trainer's loss (Σ CE over Part B).
 Each cp size is one torchrun launch (gloo); every rank runs a warm-up step, then the measured one, and
 reports (the table shows the largest rank):
-  saved    bytes of the tensors autograd keeps for backward (unique storages): the activations
+  saved    bytes of the tensors autograd keeps for backward (unique storages, weights excluded): the
+           activations
   peak     the rise of the process's peak RSS over the step (Linux VmHWM, reset just before it)
 """
 from __future__ import annotations
@@ -61,10 +62,12 @@ def measure(seq_len: int) -> dict:
         batch = shard_rows(batch, cp, rank)
     inputs = [batch[k] for k in ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")]
 
+    weights = {param.untyped_storage().data_ptr() for param in model.parameters()}
+
     def step(saved: dict | None) -> None:
         def pack(tensor):
-            if saved is not None:
-                storage = tensor.untyped_storage()
+            storage = tensor.untyped_storage()
+            if saved is not None and storage.data_ptr() not in weights:  # linears save their weight too
                 saved[storage.data_ptr()] = storage.nbytes()
             return tensor
 
@@ -107,7 +110,8 @@ def main() -> None:
     rows = {cp: launch(cp, args.seq_len) for cp in args.cp}
     base = max(r["saved"] for r in rows[args.cp[0]]), max(r["peak"] for r in rows[args.cp[0]])
     print(f"seq_len {args.seq_len}, one packed row, per rank (largest rank)")
-    print("| cp | saved activations MiB | peak RSS rise MiB | saved vs cp=%d | peak vs cp=%d |" % (args.cp[0], args.cp[0]))
+    first = args.cp[0]
+    print(f"| cp | saved activations MiB | peak RSS rise MiB | saved vs cp={first} | peak vs cp={first} |")
     print("|---|---|---|---|---|")
     for cp, ranks in rows.items():
         saved, peak = max(r["saved"] for r in ranks), max(r["peak"] for r in ranks)

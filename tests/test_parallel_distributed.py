@@ -4,7 +4,8 @@ pp and under cp is exact, and a pp=2 checkpoint resumes with pp=1 (DCP reshards 
 
 Every launch costs seconds of imports, so each run directory is made once (module fixtures) and read
 by several tests; compositions ride along in the layouts (sequence parallel and activation
-checkpointing with pp x tp, gradient accumulation over two schedule runs with pp x dp). All runs:
+checkpointing with pp x tp; the interleaved schedule, FSDP2 over dp=2 and gradient accumulation over
+two schedule runs in one layout). All runs:
 glm-tiny with 4 layers (tied head, learned 2-D positions), seq_len 64, global batch 8 in micro-batches
 of 2, 10 steps, checkpoints at 5 and 10, held-out loss at 5 and 10.
 """
@@ -58,12 +59,13 @@ def cp2(base_config, tmp_path_factory) -> Path:
 
 
 LAYOUTS = {
-    "pp2_interleaved": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b", "parallel.pp_virtual_stages=2",
-                            "parallel.pp_layers_per_stage=[1,1,1,1]"]),
     "pp2_tp2_sp_ac": (4, ["parallel.pp=2", "parallel.tp=2", "parallel.sequence_parallel=true",
                           "train.activation_checkpointing=true"]),
-    # FSDP2 over 2 data-parallel ranks; 4 micro-batches per rank in two schedule runs of 2
-    "pp2_dp2_accumulation": (4, ["parallel.pp=2", "train.micro_batch_size=1", "parallel.pp_microbatches=2"]),
+    # interleaved 1F1B, 2 virtual stages of one layer per rank, FSDP2 over 2 data-parallel ranks, and
+    # 4 micro-batches per rank in two schedule runs of 2 (gradient accumulation across runs)
+    "pp2_interleaved_dp2": (4, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
+                                "parallel.pp_virtual_stages=2", "parallel.pp_layers_per_stage=[1,1,1,1]",
+                                "train.micro_batch_size=1", "parallel.pp_microbatches=2"]),
     "cp2_tp2": (4, ["parallel.cp=2", "parallel.tp=2"]),
 }
 
@@ -116,7 +118,8 @@ def test_cp_runs_train_on_packed_rows_with_part_b_across_chunk_boundaries(base_c
     cfg = load_config(base_config, [])
     t = cfg.train
     source = open_data(cfg.data, declared_special_tokens(cfg.objective))
-    collator = glm_collator(source, cfg.objective, seq_len=t.seq_len, seed=t.seed, global_batch_size=t.global_batch_size)
+    collator = glm_collator(source, cfg.objective, seq_len=t.seq_len, seed=t.seed,
+                            global_batch_size=t.global_batch_size)
     loader = build_loader(cfg.data, collator, seq_len=t.seq_len, raw_len=raw_length(cfg.objective, t.seq_len),
                           global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size, dp_rank=0,
                           dp_size=1, seed=t.seed, split="train", source=source)

@@ -47,11 +47,15 @@ def check_context(parallel: ParallelConfig, seq_len: int, attention_backend: str
                          f"sdpa or flex")
 
 
-def zigzag_positions(seq_len: int, cp: int, rank: int) -> torch.Tensor:
-    """Row positions held by cp rank ``rank``: chunks ``rank`` and ``2·cp−1−rank`` of 2·cp, [seq_len / cp]."""
+def zigzag_windows(seq_len: int, cp: int, rank: int) -> list[tuple[int, int]]:
+    """The row ranges held by cp rank ``rank``: chunks ``rank`` and ``2·cp−1−rank`` of 2·cp, in that order."""
     chunk = seq_len // (2 * cp)
-    return torch.cat([torch.arange(rank * chunk, (rank + 1) * chunk),
-                      torch.arange((2 * cp - 1 - rank) * chunk, (2 * cp - rank) * chunk)])
+    return [(rank * chunk, (rank + 1) * chunk), ((2 * cp - 1 - rank) * chunk, (2 * cp - rank) * chunk)]
+
+
+def zigzag_positions(seq_len: int, cp: int, rank: int) -> torch.Tensor:
+    """Row positions of this rank's tokens, [seq_len / cp], in local order."""
+    return torch.cat([torch.arange(start, end) for start, end in zigzag_windows(seq_len, cp, rank)])
 
 
 def shard_rows(batch: dict[str, torch.Tensor], cp: int, rank: int) -> dict[str, torch.Tensor]:
@@ -85,12 +89,10 @@ class ContextParallelAttention:
         layout = row_order(funcol.all_gather_tensor(local, 2, self.group), self.cp, 2)
         segments, is_a = layout[0], layout[1].bool()  # [B, S] in row order
         seq_len = segments.shape[1]
-        positions = zigzag_positions(seq_len, self.cp, self.rank).to(segments.device)
         if backend == "sdpa":
-            chunk = seq_len // (2 * self.cp)
-            windows = [(int(p), int(p) + chunk) for p in positions[::chunk]]
-            attend = WindowedSegmentAttention(segment_runs(segments, is_a), windows)
+            attend = WindowedSegmentAttention(segment_runs(segments, is_a), zigzag_windows(seq_len, self.cp, self.rank))
         elif backend == "flex":
+            positions = zigzag_positions(seq_len, self.cp, self.rank).to(segments.device)
             attend = FlexRowsAttention(segments, is_a, positions)
         else:
             raise ValueError(f"attention backend {backend!r} has no context-parallel form; use sdpa or flex")
@@ -111,6 +113,8 @@ class GatheredKeysAttention:
 
 
 class FlexRowsAttention:
+    """FlexAttention of this rank's queries (row ``positions``) over the whole row: one BlockMask per batch."""
+
     def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor, positions: torch.Tensor):
         rule = glm_mask_mod(segment_ids, part_a)
 

@@ -28,6 +28,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import (PipelineScheduleSingle, Schedule1F1B, ScheduleGPipe,
                                                     ScheduleInterleaved1F1B)
+from torch.distributed.tensor import DTensor
 
 from pretrain.parallel.config import ParallelConfig
 
@@ -109,12 +110,12 @@ def stage_module(model: nn.Module, stage: int, counts: list[int]) -> nn.Module:
 class Pipeline:
     """This rank's stages, the schedule that runs them, and the tied-embedding gradient sum."""
 
-    def __init__(self, parts: list[nn.Module], stage_indices: list[int], num_stages: int, mesh: DeviceMesh,
+    def __init__(self, parts: list[nn.Module], indices: list[int], num_stages: int, mesh: DeviceMesh,
                  schedule: str, microbatches: int, device: torch.device, tied: bool):
         self.parts, self.microbatches = parts, microbatches
         pp_group = mesh["pp"].get_group()
         self.stages = [PipelineStage(part, index, num_stages, device, group=pp_group)
-                       for part, index in zip(parts, stage_indices)]
+                       for part, index in zip(parts, indices)]
         self.has_first = any(stage.is_first for stage in self.stages)
         self.has_last = any(stage.is_last for stage in self.stages)
         self._loss = None
@@ -150,12 +151,10 @@ class Pipeline:
     @torch.no_grad()
     def reduce_tied_gradients(self) -> None:
         """Sum the embedding and head gradients of a tied model over the embedding group (every copy gets it)."""
-        if self.embedding_group is None:
-            return
         grads = [_local(param.grad) for param in self.tied_copies if param.grad is not None]
-        total = torch.stack(grads).sum(0) if grads else None
-        if total is None:  # a middle stage: not in the group
+        if self.embedding_group is None or not grads:  # untied, or a middle stage (not in the group)
             return
+        total = torch.stack(grads).sum(0)
         dist.all_reduce(total, group=self.embedding_group)
         for grad in grads:
             grad.copy_(total)
@@ -170,5 +169,5 @@ def _embedding_group(mesh: DeviceMesh) -> dist.ProcessGroup | None:
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 

@@ -147,7 +147,8 @@ def build_setup(cfg: Config) -> Setup:
                 cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.pp, dims.dp, dims.cp, dims.tp,
                 accumulation_steps)
     return Setup(device=device, rank=dist.get_rank(), dims=dims, dp_group=mesh["dp"].get_group(),
-                 loss_group=loss_mesh(mesh).get_group(), cp_rank=mesh["cp"].get_local_rank(), engine=engine, model_cfg=model_cfg, data=source, loader=train_loader,
+                 loss_group=loss_mesh(mesh).get_group(), cp_rank=mesh["cp"].get_local_rank(), engine=engine,
+                 model_cfg=model_cfg, data=source, loader=train_loader,
                  eval_loader=eval_loader, strategy_names=collator.strategy_names,
                  eval_strategy_names=eval_collator.strategy_names,
                  accumulation_steps=accumulation_steps)
