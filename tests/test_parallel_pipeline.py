@@ -63,7 +63,8 @@ def test_stages_chained_equal_the_whole_model(variant, glm_random_layout):
 
 
 @pytest.mark.parametrize("world, overrides, message", [
-    (4, ["parallel.pp=2", "parallel.tp=2", "parallel.cp=2"], "world size 4 is not divisible by parallel.pp x cp x tp"),
+    (4, ["parallel.pp=2", "parallel.tp=2", "parallel.cp=2"],
+     "world size 4 is not divisible by parallel.pp=2 x parallel.cp=2 x parallel.tp=2 = 8; launch a multiple of 8"),
     (2, ["parallel.pp=2", "train.global_batch_size=8", "train.micro_batch_size=2", "parallel.pp_microbatches=3"],
      "parallel.pp_microbatches=3 does not divide the 4 micro-batches of a step per rank"),
     (2, ["parallel.pp=2", "model.num_layers=2", "parallel.pp_schedule=interleaved_1f1b",

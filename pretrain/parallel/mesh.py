@@ -35,9 +35,11 @@ class ParallelDims:
     def validate(self) -> None:
         model_ranks = self.pp * self.cp * self.tp
         if self.world_size % model_ranks:
-            raise ValueError(f"world size {self.world_size} is not divisible by parallel.pp x cp x tp = "
-                             f"{self.pp} x {self.cp} x {self.tp}; launch a multiple of {model_ranks} processes "
-                             f"or change those sizes")
+            sizes = " x ".join(f"parallel.{name}={size}" for name, size in
+                               (("pp", self.pp), ("cp", self.cp), ("tp", self.tp)) if size > 1)
+            raise ValueError(f"world size {self.world_size} is not divisible by {sizes}"
+                             f"{f' = {model_ranks}' if ' x ' in sizes else ''}; launch a multiple of {model_ranks} "
+                             f"processes or change those sizes")
 
 
 def world_size_from_env() -> int:
