@@ -57,6 +57,7 @@ def deepspeed_config(parallel: ParallelConfig, dims: ParallelDims, micro_batch_s
 class DeepSpeedEngine:
     name = "deepspeed"
     reshardable = False
+    pipeline = None  # TP + ZeRO only: pp and cp are the torch engine's (ParallelConfig.validate)
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict, dims: ParallelDims):
         """``config``: the DeepSpeed JSON config (``deepspeed_config``)."""

@@ -1,13 +1,16 @@
 """The training loop: build everything from a Config, resume, train, evaluate, checkpoint, log.
 
 One code path for 1..N processes and both engines (pretrain/parallel: torch = DTensor TP + FSDP2,
-always on, even at dp=1; deepspeed = AutoTP + ZeRO), on a (dp, tp) mesh (1 x 1 without torchrun).
-Each optimizer step reads ``global_batch_size / (micro_batch_size * dp)`` micro-batches per rank,
-counts the step's Part-B tokens over all of them and all dp ranks first, then runs forward/backward
-per micro-batch with the loss divided by that global count (see loss.py).
+always on, even at dp=1, plus pipeline and context parallelism; deepspeed = AutoTP + ZeRO), on a
+(pp, dp, cp, tp) mesh (all 1 without torchrun). Each optimizer step reads ``global_batch_size /
+(micro_batch_size * dp)`` micro-batches per rank, counts the step's Part-B tokens over all of them and
+all dp ranks first, then runs forward/backward per micro-batch (or the pipeline schedule over them)
+with the loss divided by that global count (see loss.py). Under context parallelism each rank keeps
+its share of every row; the per-strategy sums then add up over pp x dp x cp (``Setup.loss_group``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -19,11 +22,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
+from torch.distributed.tensor.parallel import loss_parallel
 from tqdm import tqdm
 
 from pretrain.config import ConfigError
 from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import batch_flops
+from pretrain.parallel.context import shard_rows
 from pretrain.train import checkpoint
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import ETA, MetricsWriter, max_memory_gib, peak_tflops, print_line
@@ -146,17 +151,19 @@ class Trainer:
         denominator = counts[0].clamp(min=1).float()
         strategies = StrategyLosses(len(s.strategy_names), s.device)
         sources = StrategyLosses(len(s.loader.languages), s.device)  # the same sums per data source
-        for i, batch in enumerate(micro):
-            batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
-            logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
-            with loss_context(logits):
-                weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]  # [B, S]
-                self.engine.backward(weighted.sum() / denominator, last_micro_batch=i == len(micro) - 1)
-            strategies.add(weighted, batch["loss_mask"], batch["strategy_ids"])
-            sources.add(weighted, batch["loss_mask"], _per_token(batch["source_ids"], batch["loss_mask"]))
+        if self.engine.pipeline is not None:
+            self._run_pipeline([self._local(batch) for batch in micro], strategies, sources, denominator)
+        else:
+            for i, batch in enumerate(micro):
+                batch = self._local(batch)
+                logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
+                with loss_context(logits):
+                    weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]  # [B, S]
+                    self.engine.backward(weighted.sum() / denominator, last_micro_batch=i == len(micro) - 1)
+                _add_losses(weighted, batch, strategies, sources)
         # every Part-B token belongs to one strategy: their sums are the loss
         reduced = torch.cat([strategies.packed(), sources.packed()])
-        dist.all_reduce(reduced, group=s.dp_group)
+        dist.all_reduce(reduced, group=s.loss_group)
         by_strategy, by_source = reduced.split([2 * len(s.strategy_names), 2 * len(s.loader.languages)])
         loss_value = (by_strategy[:len(s.strategy_names)].sum() / denominator).item()
         lr = cfg.train.lr * lr_factor(self.step, cfg.train)
@@ -176,6 +183,30 @@ class Trainer:
                 **StrategyLosses.means(by_source, s.loader.languages, "source_loss"),
                 **self._throughput(tokens, pairs, time.perf_counter() - start),
                 "tokens_seen": self.tokens_seen, "nonfinite_skipped": self.nonfinite_skipped}
+
+    def _local(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A micro-batch on the device; under context parallelism this rank's share of each row."""
+        batch = {k: v.to(self.s.device, non_blocking=True) for k, v in batch.items()}
+        return shard_rows(batch, self.s.dims.cp, self.s.cp_rank) if self.s.dims.cp > 1 else batch
+
+    def _run_pipeline(self, micro: list[dict], strategies: StrategyLosses, sources: StrategyLosses,
+                      denominator: torch.Tensor | None) -> None:
+        """Forward (and backward, given the step's ``denominator``) of ``micro`` through the pipeline stages.
+        The last stage computes the same loss as the plain path, Σ CE·loss_mask / denominator, per micro-batch."""
+        weighted_ce = {}
+
+        def micro_batch_loss(logits: torch.Tensor, i: int) -> torch.Tensor:
+            batch = micro[i]
+            weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]  # [B, S]
+            weighted_ce[i] = weighted.detach()  # by index: the schedule's shape inference repeats micro-batch 0
+            return weighted.sum() / denominator if denominator is not None else weighted.sum()
+
+        # Logits are vocab-sharded DTensors exactly when tp > 1 (loss_context's test); the schedule runs the
+        # loss's forward and backward inside one call, so the context spans it.
+        with loss_parallel() if self.s.dims.tp > 1 else contextlib.nullcontext():
+            self.engine.pipeline.run(micro, micro_batch_loss, backward=denominator is not None)
+        for i, weighted in weighted_ce.items():
+            _add_losses(weighted, micro[i], strategies, sources)
 
     def _count_nonfinite(self, loss_value: float, grad_norm: float) -> None:
         self.nonfinite_skipped += 1
@@ -203,24 +234,28 @@ class Trainer:
         eval.batches global batches under cfg.eval_objective(): the same samples whatever the (dp, tp)
         layout. A progress bar on rank 0 when stderr is a terminal."""
         s = self.s
-        self.engine.model.eval()
         strategies = StrategyLosses(len(s.eval_strategy_names), s.device)
         sources = StrategyLosses(len(s.eval_loader.languages), s.device)
         micro_batches = min(len(s.eval_loader), self.cfg.eval.batches * s.accumulation_steps)
         progress = tqdm(total=micro_batches, desc=f"eval at step {self.step}", unit="batch", leave=False,
                         disable=None if s.rank == 0 else True)  # None: only on a terminal
-        for batch in itertools.islice(s.eval_loader, micro_batches):
-            batch = {k: v.to(s.device) for k, v in batch.items()}
-            logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
-            with loss_context(logits):
-                weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]
-            strategies.add(weighted, batch["loss_mask"], batch["strategy_ids"])
-            sources.add(weighted, batch["loss_mask"], _per_token(batch["source_ids"], batch["loss_mask"]))
-            progress.update()
+        batches = itertools.islice(s.eval_loader, micro_batches)
+        if self.engine.pipeline is not None:
+            self._run_pipeline([self._local(batch) for batch in batches], strategies, sources, denominator=None)
+            progress.update(micro_batches)
+        else:
+            self.engine.model.eval()
+            for batch in batches:
+                batch = self._local(batch)
+                logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
+                with loss_context(logits):
+                    weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]
+                _add_losses(weighted, batch, strategies, sources)
+                progress.update()
+            self.engine.model.train()
         progress.close()
-        self.engine.model.train()
         packed = torch.cat([strategies.packed(), sources.packed()])
-        dist.all_reduce(packed, group=s.dp_group)
+        dist.all_reduce(packed, group=s.loss_group)
         by_strategy, by_source = packed.split([2 * len(s.eval_strategy_names), 2 * len(s.eval_loader.languages)])
         sums, counts = by_strategy.chunk(2)
         overall = (sums.sum() / counts.sum().clamp(min=1)).item()
@@ -238,6 +273,8 @@ class Trainer:
         return bool(flag.item())
 
 
-def _per_token(row_ids: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Row ids [B] (batch["source_ids"]) broadcast to every token [B, S]."""
-    return row_ids[:, None].expand_as(like)
+def _add_losses(weighted: torch.Tensor, batch: dict[str, torch.Tensor], strategies: StrategyLosses,
+                sources: StrategyLosses) -> None:
+    """Add a micro-batch's CE·loss_mask [B, S] to the per-strategy and per-source (row) sums."""
+    strategies.add(weighted, batch["loss_mask"], batch["strategy_ids"])
+    sources.add(weighted, batch["loss_mask"], batch["source_ids"][:, None].expand_as(weighted))

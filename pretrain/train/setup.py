@@ -12,10 +12,12 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from pretrain.config import ConfigError
+from pretrain.parallel.context import ContextParallelAttention, check_context
 from pretrain.parallel.engine import Engine, TorchEngine
 from pretrain.parallel.materialize import materialize
-from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed, world_size_from_env
+from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed, loss_mesh, world_size_from_env
 from pretrain.parallel.parallelize import parallelize
+from pretrain.parallel.pipeline import Pipeline, check_pipeline, pipeline_parts
 from pretrain.parallel.tp import check_tp_divisibility
 from pretrain.train.config import Config
 from pretrain.train.optim import build_optimizer
@@ -30,8 +32,10 @@ logger = logging.getLogger(__name__)
 class Setup:
     device: torch.device
     rank: int
-    dims: ParallelDims  # (dp, tp) sizes
-    dp_group: dist.ProcessGroup
+    dims: ParallelDims  # (pp, dp, cp, tp) sizes
+    dp_group: dist.ProcessGroup  # ranks that read different rows
+    loss_group: dist.ProcessGroup  # ranks whose loss terms add up (pp x dp x cp)
+    cp_rank: int  # this rank's share of each row under context parallelism (context.shard_rows)
     engine: Engine  # owns the parallelized model and the optimizer
     model_cfg: "ModelConfig"
     data: object  # pretrain.data.loader.DataSource: the tokenizer in use and its special tokens
@@ -45,7 +49,8 @@ class Setup:
 def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
     """Checks across config sections and those that need the world size; raises ConfigError saying what
     to change."""
-    dims = ParallelDims(world_size, cfg.parallel.tp)
+    parallel = cfg.parallel
+    dims = ParallelDims(world_size, parallel.tp, parallel.pp, parallel.cp)
     train = cfg.train
     if train.init_device == "meta" and cfg.parallel.engine == "deepspeed":
         raise ConfigError("train.init_device=meta needs parallel.engine=torch (the deepspeed engine takes a "
@@ -58,11 +63,17 @@ def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
     if train.global_batch_size % per_step:
         raise ConfigError(
             f"train.global_batch_size={train.global_batch_size} is not divisible by train.micro_batch_size="
-            f"{train.micro_batch_size} x data-parallel size {dims.dp} (world {world_size} / tp {dims.tp}); "
-            f"make global_batch_size a multiple of {per_step}")
+            f"{train.micro_batch_size} x data-parallel size {dims.dp} (world {world_size} / pp x cp x tp "
+            f"{dims.pp * dims.cp * dims.tp}); make global_batch_size a multiple of {per_step}")
     # A vocabulary taken from the tokenizer is only known after the loader: stand in one that tp
     # divides here; build_setup checks the real one.
-    _check_model_fits(cfg.model.resolve(vocab_size=64 * cfg.parallel.tp), cfg)
+    model_cfg = cfg.model.resolve(vocab_size=64 * cfg.parallel.tp)
+    _check_model_fits(model_cfg, cfg)
+    try:
+        check_pipeline(parallel, model_cfg.num_layers, train.global_batch_size // per_step)
+        check_context(parallel, train.seq_len, model_cfg.attention_backend)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     return dims
 
 
@@ -132,11 +143,12 @@ def build_setup(cfg: Config) -> Setup:
     n_params = model.num_params()
     accumulation_steps = train.global_batch_size // (train.micro_batch_size * dims.dp)
     engine = build_engine(cfg, model, mesh, dims, accumulation_steps, resolve_dtype(train.dtype, device), device)
-    logger.info("model %s: %.2fM parameters, %s engine, dp=%d tp=%d, %d micro-batches per step",
-                cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.dp, dims.tp,
+    logger.info("model %s: %.2fM parameters, %s engine, pp=%d dp=%d cp=%d tp=%d, %d micro-batches per step",
+                cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.pp, dims.dp, dims.cp, dims.tp,
                 accumulation_steps)
-    return Setup(device=device, rank=dist.get_rank(), dims=dims,
-                 dp_group=mesh["dp"].get_group(), engine=engine, model_cfg=model_cfg, data=source, loader=train_loader,
+    return Setup(device=device, rank=dist.get_rank(), dims=dims, dp_group=mesh["dp"].get_group(),
+                 loss_group=loss_mesh(mesh).get_group(), cp_rank=mesh["cp"].get_local_rank(), engine=engine,
+                 model_cfg=model_cfg, data=source, loader=train_loader,
                  eval_loader=eval_loader, strategy_names=collator.strategy_names,
                  eval_strategy_names=eval_collator.strategy_names,
                  accumulation_steps=accumulation_steps)
@@ -149,10 +161,21 @@ def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: Parallel
         config = deepspeed_config(cfg.parallel, dims, cfg.train.micro_batch_size, accumulation_steps,
                                   cfg.train.grad_clip, bf16=dtype == torch.bfloat16)
         return DeepSpeedEngine(model, build_optimizer(model, cfg.train), config, dims)
-    model = parallelize(model, mesh, sequence_parallel=cfg.parallel.sequence_parallel,
-                        activation_checkpointing=cfg.train.activation_checkpointing, compile=cfg.train.compile,
-                        param_dtype=dtype, reshard_after_forward=cfg.parallel.fsdp == "full")
-    if cfg.train.init_device == "meta":
-        materialize(model, device, cfg.train.seed)
-    return TorchEngine(model, build_optimizer(model, cfg.train))
+    parallel = cfg.parallel
+    pp_rank = mesh["pp"].get_local_rank()
+    parts, stages = pipeline_parts(model, parallel, pp_rank) if parallel.pp > 1 else ([model], [0])
+    for part in parts:
+        parallelize(part, mesh, sequence_parallel=parallel.sequence_parallel,
+                    activation_checkpointing=cfg.train.activation_checkpointing, compile=cfg.train.compile,
+                    param_dtype=dtype, reshard_after_forward=parallel.fsdp == "full")
+        if cfg.train.init_device == "meta":
+            materialize(part, device, cfg.train.seed, whole=model if parallel.pp > 1 else None)
+        if parallel.cp > 1:
+            part.build_attention = ContextParallelAttention(mesh["cp"].get_group())
+    optimizers = [build_optimizer(part, cfg.train) for part in parts]
+    if parallel.pp == 1:
+        return TorchEngine(parts, optimizers)
+    pipeline = Pipeline(parts, stages, parallel.pp_stages, mesh, parallel.pp_schedule,
+                        parallel.pp_microbatches or accumulation_steps, device, tied=model.lm_head is None)
+    return TorchEngine(parts, optimizers, pipeline, mesh["pp"].get_group())
 
