@@ -83,7 +83,7 @@ def test_the_graph_in_docs_is_the_graph_of_the_code():
     text = DOC.read_text(encoding="utf-8")
     assert BEGIN in text and END in text, f"{DOC} lost its generated package graph markers"
     drawn = text.split(BEGIN)[1].split(END)[0].strip()
-    assert drawn == mermaid(), f"{DOC}: the package graph is stale; replace it with `python tests/test_layering.py`"
+    assert drawn == mermaid(), f"{DOC}: the package graph is stale; rewrite it with `python tests/test_layering.py`"
 
 
 def test_code_cites_contracts_in_docs_not_the_design_page():
@@ -101,5 +101,6 @@ def test_optional_dependencies_are_imported_only_where_used():
     assert result.stdout.strip() == "[]"
 
 
-if __name__ == "__main__":
-    print(f"{BEGIN}\n{mermaid()}\n{END}")
+if __name__ == "__main__":  # rewrite the drawing in docs/architecture.md
+    before, rest = DOC.read_text(encoding="utf-8").split(BEGIN)
+    DOC.write_text(f"{before}{BEGIN}\n{mermaid()}\n{END}{rest.split(END)[1]}", encoding="utf-8")

@@ -100,8 +100,8 @@ def test_rotary_tables_follow_autocast_so_q_k_v_share_a_dtype():
     model = build_model("glm-tiny", position_encoding="rope_1d", partial_rotary_factor=0.5, num_kv_heads=2)
     seen = []
 
-    def spying(backend, segment_ids, part_a):
-        attend = build_attention(backend, segment_ids, part_a)
+    def spying(backend, segment_ids, part_a, dropout_p=0.0):
+        attend = build_attention(backend, segment_ids, part_a, dropout_p)
         return lambda q, k, v: seen.append((q.dtype, k.dtype, v.dtype)) or attend(q, k, v)
 
     model.build_attention = spying

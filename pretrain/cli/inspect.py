@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a run config; its data and objective sections are used")
     parser.add_argument("--data", help="a preprocessed directory, or 'embedded' for the built-in corpus "
                                        "(default: the config's data section)")
+    parser.add_argument("--tokenizer", help="the run's tokenizer (tokenizer.json or a transformers tokenizer "
+                                            "directory); it must be the one the data was preprocessed with")
     parser.add_argument("--sample-id", type=int, default=0, help="global sample id to decode")
     parser.add_argument("--split", default="train", choices=("train", "valid"))
     parser.add_argument("--seq-len", type=int, help="default: the config's train.seq_len, else 512")
@@ -32,6 +34,8 @@ def _configs(args: argparse.Namespace):
     data = from_dict(DataConfig, raw.get("data"), f"{args.config}: data")
     if args.data:
         data.path, data.corpus = (None, "embedded") if args.data == "embedded" else (args.data, None)
+    if args.tokenizer:
+        data.tokenizer = args.tokenizer
     data.num_workers = 0
     return data, from_dict(ObjectiveConfig, raw.get("objective"), f"{args.config}: objective"), raw.get("train") or {}
 
@@ -39,7 +43,8 @@ def _configs(args: argparse.Namespace):
 def print_statistics(loader) -> None:
     manifest = read_manifest(loader.root)
     print(f"data {loader.root}\n  fingerprint {manifest['fingerprint']}, tokenizer sha256 "
-          f"{manifest['tokenizer_sha256'][:16]}, vocab {loader.vocab_size}")
+          f"{manifest['tokenizer_sha256'][:16]}, tokenizer fingerprint {manifest.get('tokenizer_fingerprint', '-')}, "
+          f"vocab {loader.vocab_size}")
     print(f"{'lang':>6} {'documents':>10} {'tokens':>12} {'tokens/char':>11} {'empty':>6} {'mix q':>7}")
     for lang, info in manifest["languages"].items():
         fertility = info["n_tokens"] / max(info["n_chars"], 1)

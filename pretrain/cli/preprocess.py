@@ -12,7 +12,9 @@ from pretrain.cli.tokenizer import add_source_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--tokenizer", required=True, help="tokenizer.json (see `python -m pretrain tokenizer`)")
+    parser.add_argument("--tokenizer", required=True,
+                        help="a tokenizer.json (see `python -m pretrain tokenizer`) or a local transformers "
+                             "tokenizer directory (its fast tokenizer)")
     parser.add_argument("--output", required=True, help="output directory (manifest.json + shards)")
     parser.add_argument("--shard-documents", type=int, default=DEFAULT_SHARD_DOCUMENTS,
                         help="input rows per shard (shards are the unit a re-run skips)")

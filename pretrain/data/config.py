@@ -10,6 +10,9 @@ from typing import Literal
 class DataConfig:
     # A preprocessed directory (manifest.json + tokenizer.json, see `python -m pretrain preprocess`).
     path: str | None = None
+    # The tokenizer the run uses (a tokenizer.json or a transformers tokenizer directory); null: the copy in
+    # the data directory. It must be the one the data was preprocessed with (same tokenizer fingerprint).
+    tokenizer: str | None = None
     # Instead of path: "embedded" = the built-in multilingual corpus (mimesis text), built under cache_dir.
     corpus: Literal["embedded"] | None = None
     # The embedded corpus and the per-epoch shuffle index cache (<cache_dir>/index).

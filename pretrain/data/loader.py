@@ -25,7 +25,7 @@ from pretrain.data.index import INDEX_VERSION, LanguageWindows, split_documents
 from pretrain.data.mixture import Mixture, mixture_weights
 from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
 from pretrain.data.store import TOKENIZER, TokenStore, open_store
-from pretrain.data.tokenizer import load_tokenizer, padded_vocab_size, resolve_special_tokens
+from pretrain.data.tokenizer import load_tokenizer, resolve_special_tokens, tokenizer_fingerprint
 from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, sentence_end_ids
 from pretrain.tokens import SpecialTokens
 
@@ -33,7 +33,8 @@ STATE_VERSION = 1
 SPLITS = ("train", "valid")
 RESUME_FIXES = {
     "data_fingerprint": "the training data changed since the checkpoint; resume with the same data, or start a new run",
-    "tokenizer_sha256": "the tokenizer changed since the checkpoint; resume with the same tokenizer.json",
+    "tokenizer_sha256": "the tokenizer changed since the checkpoint (the tokenizer.json of data.path); resume with "
+                        "data preprocessed by the checkpoint's tokenizer",
     "index_version": "the sample-index algorithm changed; resume with the code version that wrote the checkpoint",
     "mixture_hash": "the language mixture (alpha, weights, max_epochs, blend_block) changed; restore it",
 }
@@ -163,8 +164,8 @@ class DataSource:
 
     @property
     def vocab_size(self) -> int:
-        """The tokenizer's vocabulary (added special tokens included), padded for the model."""
-        return padded_vocab_size(self.tokenizer.get_vocab_size())
+        """The tokenizer's vocabulary, added special tokens included (the model section pads it)."""
+        return self.tokenizer.get_vocab_size()
 
     @functools.cached_property
     def token_texts(self) -> list[str]:
@@ -181,10 +182,18 @@ def open_data(cfg: DataConfig, declared_special_tokens: Mapping[str, str] = {}) 
     root = Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
     store = open_store(root, verify_checksums=cfg.verify_checksums)
     tokenizer = load_tokenizer(root / TOKENIZER)
+    if cfg.tokenizer is not None:  # the run's own copy: it must give the ids the shards hold
+        theirs = tokenizer_fingerprint(tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        ours = tokenizer_fingerprint(tokenizer)
+        if ours != theirs:
+            raise ValueError(f"data.tokenizer={cfg.tokenizer} (fingerprint {ours}) is not the tokenizer {root} was "
+                             f"preprocessed with ({root / TOKENIZER}, fingerprint {theirs}); preprocess the data "
+                             f"with --tokenizer {cfg.tokenizer}, or drop data.tokenizer to use the data's own")
     try:
         special = resolve_special_tokens(tokenizer, declared_special_tokens, cfg.special_tokens)
     except ValueError as err:
-        raise ValueError(f"{root / TOKENIZER}: {err}") from None
+        raise ValueError(f"{cfg.tokenizer or root / TOKENIZER}: {err}") from None
     return DataSource(root, store, tokenizer, special)
 
 
@@ -220,8 +229,9 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
     if mixture.total_samples is not None and mixture.total_samples < global_batch_size:
         raise ValueError(f"data.max_epochs caps leave {mixture.total_samples} samples, less than one global "
                          f"batch ({global_batch_size}); raise the caps")
-    identity = {"version": STATE_VERSION, "split": split, "data_fingerprint": store.fingerprint,
-                "tokenizer_sha256": store.tokenizer_sha256, "index_version": INDEX_VERSION,
+    # checked in this order on resume: a new tokenizer is named as such, not as new data
+    identity = {"version": STATE_VERSION, "split": split, "tokenizer_sha256": store.tokenizer_sha256,
+                "data_fingerprint": store.fingerprint, "index_version": INDEX_VERSION,
                 "seq_len": seq_len, "raw_len": raw_len, "seed": seed, "global_batch_size": global_batch_size,
                 "eval_documents": cfg.eval_documents, "mixture_hash": mixture.fingerprint()}
     common = dict(identity=identity, micro_batch_size=micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,

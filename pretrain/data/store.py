@@ -2,7 +2,8 @@
 
 Layout of a preprocessed directory::
 
-    manifest.json            languages -> shards with counts and sha256, tokenizer sha, fingerprint
+    manifest.json            languages -> shards with counts and sha256, tokenizer sha and tokenizer_fingerprint
+                             (pretrain.data.tokenizer), data fingerprint
     tokenizer.json
     <lang>/shard-00000.bin   flat token ids (uint16 if the vocabulary fits, else uint32)
     <lang>/shard-00000.idx.npy   int64 document offsets into the .bin, n_docs + 1 entries from 0

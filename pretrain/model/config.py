@@ -39,6 +39,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # logits use embed_tokens.weight (no separate lm_head)
     embedding_grad_shrink: float = 1.0  # GLM-130B's α: emb·α + emb.detach()·(1−α); 1.0 = off
     dropout: float = 0.0  # embeddings and both residual branches
+    attention_dropout: float = 0.0  # attention probabilities (sdpa and dense backends; flex has none)
     init_std: float = 0.02  # σ of the normal init (embeddings, linears; residual outputs σ/√(2·layers))
     attention_backend: AttentionBackend = "auto"  # auto: flex on GPU, sdpa elsewhere; dense: the test reference
 
@@ -93,7 +94,11 @@ class ModelConfig:
             raise ValueError(f"norm_eps={self.norm_eps} must be positive")
         if not 0.0 < self.embedding_grad_shrink <= 1.0:
             raise ValueError(f"embedding_grad_shrink={self.embedding_grad_shrink} must be in (0, 1]; 1.0 turns it off")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if self.attention_backend == "flex" and self.attention_dropout:
+            raise ValueError(f"attention_dropout={self.attention_dropout} needs attention_backend sdpa, dense or auto: "
+                             f"FlexAttention has no attention-probability dropout")
         if self.init_std <= 0:
             raise ValueError(f"init_std={self.init_std} must be positive")

@@ -163,7 +163,8 @@ class GLMModel(nn.Module):
         rotary = None
         if cfg.position_encoding != "learned_2d":
             rotary = rotary_cos_sin(cfg, position_ids, block_position_ids, h.dtype)
-        attend = self.build_attention(self.attention_backend(h.device), segment_ids, part_a)
+        attend = self.build_attention(self.attention_backend(h.device), segment_ids, part_a,
+                                      dropout_p=cfg.attention_dropout if self.training else 0.0)
         for layer in self.layers.values():
             h = layer(h, attend, rotary)
         if self.norm is None:
@@ -184,4 +185,4 @@ class GLMModel(nn.Module):
     def attention_backend(self, device: torch.device) -> str:
         if self.cfg.attention_backend != "auto":
             return self.cfg.attention_backend
-        return "flex" if device.type == "cuda" else "sdpa"
+        return "flex" if device.type == "cuda" and not self.cfg.attention_dropout else "sdpa"

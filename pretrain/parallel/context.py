@@ -7,7 +7,7 @@ way (``shard_rows``), so positions travel with their tokens and the model runs u
 
 Attention: K and V are all-gathered over cp with autograd (functional collectives: all-gather forward,
 reduce-scatter backward) and put back in row order; each rank's queries then attend the whole row
-under the GLM rule (DESIGN contract 4). The Llama 3 report chose this over a ring for document masks:
+under the GLM rule (docs/contracts.md §4). The Llama 3 report chose this over a ring for document masks:
 one collective per layer whatever the segments, and the mask stays a function of row positions. The
 rule needs the row's segments and Part-A flags, all-gathered once per batch (integers, no autograd).
 
@@ -31,7 +31,7 @@ from pretrain.model.attention import (_compiled_create_block_mask, _compiled_fle
 from pretrain.parallel.config import ParallelConfig
 
 
-def check_context(parallel: ParallelConfig, seq_len: int, attention_backend: str) -> None:
+def check_context(parallel: ParallelConfig, seq_len: int, attention_backend: str, attention_dropout: float = 0.0) -> None:
     """Raise ValueError naming what to change when the rows cannot be split over cp ranks."""
     cp = parallel.cp
     if cp == 1:
@@ -45,6 +45,9 @@ def check_context(parallel: ParallelConfig, seq_len: int, attention_backend: str
     if attention_backend not in ("auto", "sdpa", "flex"):
         raise ValueError(f"model.attention_backend={attention_backend} has no context-parallel form; use auto, "
                          f"sdpa or flex")
+    if attention_dropout:
+        raise ValueError(f"model.attention_dropout={attention_dropout}: the context-parallel attention has no "
+                         f"dropout; set it to 0 or parallel.cp=1")
 
 
 def zigzag_windows(seq_len: int, cp: int, rank: int) -> list[tuple[int, int]]:
@@ -81,7 +84,9 @@ class ContextParallelAttention:
         self.cp = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
 
-    def __call__(self, backend: str, segment_ids: torch.Tensor, part_a: torch.Tensor):
+    def __call__(self, backend: str, segment_ids: torch.Tensor, part_a: torch.Tensor, dropout_p: float = 0.0):
+        if dropout_p:
+            raise ValueError(f"attention dropout {dropout_p} under context parallelism (see check_context)")
         if part_a.dtype != torch.bool or segment_ids.shape != part_a.shape or segment_ids.dim() != 2:
             raise ValueError(f"segment_ids {tuple(segment_ids.shape)} and part_a {tuple(part_a.shape)} "
                              f"({part_a.dtype}) must both be [B, S], part_a bool")

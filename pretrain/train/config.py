@@ -37,6 +37,9 @@ class TrainConfig:
     # single process). meta: build on the meta device, shard, then allocate and initialize only the
     # local shards: no rank ever holds the full weights (large presets on GPU nodes; torch engine).
     init_device: typing.Literal["full", "meta"] = "full"
+    # Start from these weights (continued pretraining): a run directory (its latest checkpoint, e.g. made by
+    # `import-hf`) or a transformers GLM checkpoint directory. Fresh optimizer, step 0; null: random init.
+    init_from: str | None = None
 
     def validate(self) -> None:
         for name in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "max_consecutive_nonfinite"):
@@ -130,13 +133,17 @@ class Config:
 
     def to_dict(self) -> dict:
         data = to_dict(self)
-        data["model"] = {**({"preset": self.model.preset} if self.model.preset else {}), **self.model.fields}
+        data["model"] = self.model.to_dict()
         return data
 
 
 def checkpoint_dir(configured: str | None, run_dir: str | Path) -> Path:
     """``checkpoint.dir``, else ``<run.dir>/checkpoints``."""
     return Path(configured) if configured else Path(run_dir) / "checkpoints"
+
+
+# written by the trainer into a run's config.yaml next to the inputs: derived, ignored when it is loaded again
+RESOLVED_KEYS = ("resolved_model", "resolved_special_tokens")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
@@ -148,7 +155,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     sections = {"objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig,
                 "parallel": ParallelConfig, "checkpoint": CheckpointConfig, "run": RunConfig,
                 "eval": EvalConfig, "metrics": MetricsConfig}
-    unknown = sorted(set(raw) - set(sections) - {"model"})
+    unknown = sorted(set(raw) - set(sections) - {"model", *RESOLVED_KEYS})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections are "
                           f"{sorted([*sections, 'model'])}")

@@ -80,6 +80,9 @@ class Trainer:
         latest = checkpoint.latest_checkpoint(self.ckpt_root) if self.cfg.checkpoint.resume else None
         if latest is None:
             return
+        if not (latest / checkpoint.TRAINER_STATE).is_file():
+            raise ConfigError(f"{latest} holds weights only (an import-hf run directory) and cannot be resumed; "
+                              f"train from it with train.init_from=<that run directory> and a new run.dir")
         state = checkpoint.trainer_state(latest)
         saved = state["topology"]
         if saved["engine"] != self.engine.name or (not self.engine.reshardable and saved != self._topology()):

@@ -20,6 +20,7 @@ from pretrain.parallel.parallelize import parallelize
 from pretrain.parallel.pipeline import Pipeline, check_pipeline, pipeline_parts
 from pretrain.parallel.tp import check_tp_divisibility
 from pretrain.train.config import Config
+from pretrain.train.init_from import initial_weights, load_initial_weights
 from pretrain.train.optim import build_optimizer
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
     if train.init_device == "meta" and cfg.parallel.engine == "deepspeed":
         raise ConfigError("train.init_device=meta needs parallel.engine=torch (the deepspeed engine takes a "
                           "materialized model); set parallel.engine=torch or train.init_device=full")
+    if train.init_from and train.init_device == "meta" and parallel.pp > 1:
+        raise ConfigError("train.init_from with train.init_device=meta loads rank 0's weights into one model, not "
+                          "into pipeline stages; set train.init_device=full (the weights are loaded before the split)")
     try:
         dims.validate()
     except ValueError as err:
@@ -67,11 +71,11 @@ def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
             f"{dims.pp * dims.cp * dims.tp}); make global_batch_size a multiple of {per_step}")
     # A vocabulary taken from the tokenizer is only known after the loader: stand in one that tp
     # divides here; build_setup checks the real one.
-    model_cfg = cfg.model.resolve(vocab_size=64 * cfg.parallel.tp)
+    model_cfg = cfg.model.resolve(vocab_size=cfg.model.vocab_multiple * cfg.parallel.tp)
     _check_model_fits(model_cfg, cfg)
     try:
         check_pipeline(parallel, model_cfg.num_layers, train.global_batch_size // per_step)
-        check_context(parallel, train.seq_len, model_cfg.attention_backend)
+        check_context(parallel, train.seq_len, model_cfg.attention_backend, model_cfg.attention_dropout)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return dims
@@ -83,7 +87,9 @@ def _check_model_fits(model_cfg: "ModelConfig", cfg: Config) -> None:
                               model_cfg.vocab_size, cfg.train.seq_len, cfg.parallel.tp,
                               cfg.parallel.sequence_parallel)
     except ValueError as err:
-        raise ConfigError(str(err)) from err
+        padded = "vocab_size" not in cfg.model.fields and str(err).startswith("model.vocab_size")
+        hint = f" (it is the tokenizer's, padded to model.vocab_multiple={cfg.model.vocab_multiple})" if padded else ""
+        raise ConfigError(f"{err}{hint}") from err
     if model_cfg.position_encoding == "learned_2d" and cfg.train.seq_len > model_cfg.max_position_embeddings:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_position_embeddings="
                           f"{model_cfg.max_position_embeddings} of the learned position tables; lower seq_len "
@@ -134,15 +140,20 @@ def build_setup(cfg: Config) -> Setup:
                           f"{train_loader.vocab_size}; raise it (or remove it to use the tokenizer's)")
     _check_model_fits(model_cfg, cfg)
 
+    initial = initial_weights(cfg, model_cfg, source.tokenizer)  # None: random init, or the run resumes
     if train.init_device == "meta":
         with torch.device("meta"):  # shapes only: initialized after sharding (build_engine)
             model = GLMModel(model_cfg)
     else:
         torch.manual_seed(train.seed)  # the same full initialization on every rank, then sharded
         model = GLMModel(model_cfg).to(device)
+        if initial is not None:  # before sharding: the deepspeed engine copies the weights it is given
+            load_initial_weights(model, initial)
     n_params = model.num_params()
     accumulation_steps = train.global_batch_size // (train.micro_batch_size * dims.dp)
     engine = build_engine(cfg, model, mesh, dims, accumulation_steps, resolve_dtype(train.dtype, device), device)
+    if initial is not None and train.init_device == "meta":
+        load_initial_weights(engine.model, initial)
     logger.info("model %s: %.2fM parameters, %s engine, pp=%d dp=%d cp=%d tp=%d, %d micro-batches per step",
                 cfg.model.preset or "custom", n_params / 1e6, engine.name, dims.pp, dims.dp, dims.cp, dims.tp,
                 accumulation_steps)
