@@ -23,6 +23,7 @@ from pretrain.config import ConfigError
 from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import batch_flops
 from pretrain.train import checkpoint
+from pretrain.train.downstream import downstream_metrics
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
 from pretrain.train.optim import lr_factor
@@ -186,7 +187,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out loss (mean CE over Part-B tokens) overall and per strategy on eval.batches global
-        batches under cfg.eval_objective(): the same samples whatever the (dp, tp) layout."""
+        batches under cfg.eval_objective(): the same samples whatever the (dp, tp) layout; with
+        eval.downstream also the cloze and infilling metrics (downstream.py)."""
         s = self.s
         self.engine.model.eval()
         strategies = StrategyLosses(len(s.eval_strategy_names), s.device)
@@ -198,12 +200,13 @@ class Trainer:
             with loss_context(logits):
                 strategies.add(token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"],
                                batch["loss_mask"], batch["strategy_ids"])
+        downstream = downstream_metrics(self.cfg, s, self.engine.model) if self.cfg.eval.downstream else {}
         self.engine.model.train()
         packed = strategies.packed()
         dist.all_reduce(packed, group=s.dp_group)
         sums, counts = packed.chunk(2)
         overall = (sums.sum() / counts.sum().clamp(min=1)).item()
-        return {"eval/loss": overall, **StrategyLosses.means(packed, s.eval_strategy_names, "eval/loss")}
+        return {"eval/loss": overall, **StrategyLosses.means(packed, s.eval_strategy_names, "eval/loss"), **downstream}
 
     # ----------------------------------------------------------------------------- preemption
     def _on_sigterm(self, signum, frame) -> None:

@@ -79,6 +79,10 @@ def console_line(record: dict[str, Any], max_steps: int) -> str:
         parts.append(f"loss {record['loss']:.4f}" + (f" ({per_strategy})" if per_strategy else ""))
     if "eval/loss" in record:
         parts.append(f"eval loss {record['eval/loss']:.4f}")
+    if "eval/cloze_acc" in record:  # eval.downstream
+        parts.append(f"cloze acc {record['eval/cloze_acc']:.1%} ([gMASK] {record['eval/cloze_causal_acc']:.1%})")
+    if "eval/infill_acc" in record:
+        parts.append(f"infill acc {record['eval/infill_acc']:.1%} ppl {record['eval/infill_ppl']:.1f}")
     for key, fmt in (("lr", "lr {:.2e}"), ("grad_norm", "gnorm {:.3f}"), ("tokens_per_s", "{:.0f} tok/s"),
                      ("tflops", "{:.3g} TFLOP/s"), ("mfu", "mfu {:.1%}"), ("max_memory_gib", "mem {:.2f} GiB")):
         if record.get(key) is not None:
