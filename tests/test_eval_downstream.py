@@ -76,8 +76,10 @@ def test_scoring_layout_is_the_objectives_and_marks_the_scored_targets():
             assert batch[key][row, start:start + n].tolist() == getattr(sample, key).tolist(), key
         scored = np.flatnonzero(batch["example"][row] == index)
         in_block = sample.block_position_ids[scored - start]
-        if example.scored is None:  # every Part-B target, eop included
-            assert scored.tolist() == (np.flatnonzero(sample.loss_mask) + start).tolist()
+        if example.scored is None:  # every span token, not the eops
+            assert scored.tolist() == (np.flatnonzero(sample.loss_mask & (sample.target_ids != SPECIAL.eop))
+                                       + start).tolist()
+            assert len(scored) == (example.spans[:, 1] - example.spans[:, 0]).sum()
         else:  # the first `scored` targets of the block
             assert in_block.tolist() == list(range(1, example.scored + 1))
     assert (batch["segment_ids"][2:] == -1).all() and (batch["example"][2:] == -1).all()
@@ -134,6 +136,17 @@ def test_metrics_arithmetic():
     assert metrics.keys() == expected.keys()
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value), key
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["eval.downstream=true", "eval.interval=0"], "interval=0 never evaluates"),
+    (["eval.downstream_documents=0"], "downstream_documents=0 must be >= 1"),
+])
+def test_bad_downstream_settings_fail_at_load(overrides, message):
+    from pretrain.config import ConfigError
+    from pretrain.train.config import load_config
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs" / "smoke.yaml", overrides)
 
 
 def test_trainer_eval_reports_downstream_metrics_per_language(tmp_path, tmp_path_factory, monkeypatch):

@@ -1,8 +1,9 @@
 """Teacher-forced scoring of texts with blanks: the layout, and per-example counts from a forward.
 
 An example is a text whose ``spans`` become blanks of one mask token; its Part-B blocks (left to
-right) are scored by teacher forcing: the first ``scored`` targets of each block, or all of them
-(eop included) when ``scored`` is None. Examples are packed in order into rows, one segment each,
+right) are scored by teacher forcing on the span's own tokens: the first ``scored`` of each block,
+or all of them when ``scored`` is None (never the closing eop: a model that only learned where
+blanks end would otherwise score 1/(mean span length + 1) on recovering their text). Examples are packed in order into rows, one segment each,
 through the objective's own layout (``infill.layout_rows``), so they are encoded exactly as in
 training. From a forward's per-token cross entropy and greedy predictions, ``example_counts``
 sums per example: scored tokens, tokens the model would have written itself (argmax), and CE.
@@ -25,7 +26,7 @@ class Scored:
     tokens: np.ndarray  # int64 text
     spans: np.ndarray  # [K, 2] int64 (start, end), sorted, disjoint
     mask_id: int
-    scored: int | None = None  # targets scored per block (None: all, eop included)
+    scored: int | None = None  # span tokens scored per block, from its start (None: all; never eop)
 
 
 def layout_scored(examples: Sequence[Scored], seq_len: int, special: SpecialTokens, block_positions: bool = True,
@@ -52,11 +53,12 @@ def layout_scored(examples: Sequence[Scored], seq_len: int, special: SpecialToke
                         Spans(spans[:, 0], spans[:, 1], np.repeat([e.mask_id for e in examples], per_example),
                               rank=index_in_example),  # blocks left to right
                         pad_id=special.pad, sop_id=special.sop, eop_id=special.eop, block_positions=True)
-    # segment k of row r is example (first example of row r) + k; targets j of a block sit at block position j + 1
+    # segment k of row r is example (first example of row r) + k; target j of a block sits at block position j + 1
     row_first = np.searchsorted(rows, np.arange(n_rows))
     example = np.where(batch["segment_ids"] >= 0, row_first[:, None] + batch["segment_ids"], -1)
     limit = np.array([seq_len if e.scored is None else e.scored for e in examples] + [0])[example]
-    batch["example"] = np.where((batch["loss_mask"] > 0) & (batch["block_position_ids"] <= limit), example, -1)
+    span_target = (batch["loss_mask"] > 0) & (batch["target_ids"] != special.eop)
+    batch["example"] = np.where(span_target & (batch["block_position_ids"] <= limit), example, -1)
     if not block_positions:  # the ablation's encoding: every Part-B token at block position 1
         batch["block_position_ids"] = (batch["loss_mask"] > 0).astype(np.int64)
     return batch

@@ -87,6 +87,9 @@ class EvalConfig:
         if self.interval < 0 or self.batches < 1:
             raise ValueError(f"need interval >= 0 and batches >= 1, got interval={self.interval}, "
                              f"batches={self.batches}")
+        if self.downstream and not self.interval:
+            raise ValueError("downstream=true runs at every evaluation, but interval=0 never evaluates; set "
+                             "eval.interval > 0 or downstream=false")
         if self.downstream_documents is not None and self.downstream_documents < 1:
             raise ValueError(f"downstream_documents={self.downstream_documents} must be >= 1 (or null for every "
                              f"held-out document)")

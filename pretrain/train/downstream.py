@@ -7,7 +7,7 @@ besides loss, on the held-out documents (``data.eval_documents`` per language), 
                                                   (Part A is the context only: the causal view)
     eval/infill_acc, eval/infill_ppl              [MASK] spans drawn by the token strategy (eval
                                                   objective's mask_ratio and span lengths, train.seed),
-                                                  every Part-B target, eop included
+                                                  every token of the spans (not the closing eop)
 
 Accuracy: cloze counts a passage when the model's greedy choice is right for every token of the word
 (given the gold prefix); infill counts tokens. Perplexity: exp of the mean cross entropy over the
