@@ -27,13 +27,15 @@ from torch.nn.attention.bias import causal_lower_right
 BACKENDS = ("flex", "sdpa", "dense")
 
 
-def glm_dense_mask(segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tensor:
-    """[B, S, S] bool, True where query (dim 1) may attend key (dim 2)."""
-    seq_len = segment_ids.shape[1]
-    positions = torch.arange(seq_len, device=segment_ids.device)
-    same_segment = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] >= 0)
-    causal = positions[None, :, None] >= positions[None, None, :]
-    diagonal = torch.eye(seq_len, dtype=torch.bool, device=segment_ids.device)[None]
+def glm_dense_mask(segment_ids: torch.Tensor, part_a: torch.Tensor, query_start: int = 0) -> torch.Tensor:
+    """[B, S - query_start, S] bool, True where query (dim 1) may attend key (dim 2): the rows of the
+    queries from ``query_start`` on (> 0: the newest tokens of a KV-cached decode, pretrain/generate)."""
+    keys = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    queries = keys[query_start:]
+    query_segment = segment_ids[:, query_start:, None]
+    same_segment = (query_segment == segment_ids[:, None, :]) & (query_segment >= 0)
+    causal = queries[None, :, None] >= keys[None, None, :]
+    diagonal = queries[None, :, None] == keys[None, None, :]
     return (same_segment & (part_a[:, None, :] | causal)) | diagonal
 
 

@@ -81,11 +81,18 @@ class EvalConfig:
     # ObjectiveConfig fields to evaluate under instead of the training objective (null: the training
     # one). Fixed across runs, it scores them on the same held-out windows and masks (ablations).
     objective: dict[str, Any] | None = None
+    # At every evaluation also score cloze accuracy ([MASK] and [gMASK] views) and blank infilling on the
+    # held-out documents, per language (pretrain/train/downstream.py: eval/cloze_acc, eval/infill_ppl, ...).
+    downstream: bool = False
+    downstream_documents: int | None = None  # held-out documents per language it reads (null: all of them)
 
     def validate(self) -> None:
         if self.interval < 0 or self.batches < 1:
             raise ValueError(f"need interval >= 0 and batches >= 1, got interval={self.interval}, "
                              f"batches={self.batches}")
+        if self.downstream_documents is not None and self.downstream_documents < 1:
+            raise ValueError(f"downstream_documents={self.downstream_documents} must be >= 1 (or null for every "
+                             f"held-out document)")
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import batch_flops
 from pretrain.parallel.context import shard_rows
 from pretrain.train import checkpoint
+from pretrain.train.downstream import downstream_metrics
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import ETA, MetricsWriter, max_memory_gib, peak_tflops, print_line
 from pretrain.train.optim import lr_factor
@@ -234,8 +235,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out loss (mean CE over Part-B tokens) overall, per strategy and per source (language) on
-        eval.batches global batches under cfg.eval_objective(): the same samples whatever the (dp, tp)
-        layout. A progress bar on rank 0 when stderr is a terminal."""
+        eval.batches global batches under cfg.eval_objective(): the same samples whatever the layout; with
+        eval.downstream also the cloze and infilling metrics (downstream.py). A progress bar on rank 0 when
+        stderr is a terminal."""
         s = self.s
         strategies = StrategyLosses(len(s.eval_strategy_names), s.device)
         sources = StrategyLosses(len(s.eval_loader.languages), s.device)
@@ -243,6 +245,7 @@ class Trainer:
         progress = tqdm(total=micro_batches, desc=f"eval at step {self.step}", unit="batch", leave=False,
                         disable=None if s.rank == 0 else True)  # None: only on a terminal
         batches = itertools.islice(s.eval_loader, micro_batches)
+        downstream = {}
         if self.engine.pipeline is not None:
             self._run_pipeline([self._local(batch) for batch in batches], strategies, sources, denominator=None)
             progress.update(micro_batches)
@@ -255,6 +258,8 @@ class Trainer:
                     weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]
                 _add_losses(weighted, batch, strategies, sources)
                 progress.update()
+            if self.cfg.eval.downstream:  # not under pp or cp (validate_topology)
+                downstream = downstream_metrics(self.cfg, s, self.engine.model)
             self.engine.model.train()
         progress.close()
         packed = torch.cat([strategies.packed(), sources.packed()])
@@ -263,7 +268,7 @@ class Trainer:
         sums, counts = by_strategy.chunk(2)
         overall = (sums.sum() / counts.sum().clamp(min=1)).item()
         return {"eval/loss": overall, **StrategyLosses.means(by_strategy, s.eval_strategy_names, "eval/loss"),
-                **StrategyLosses.means(by_source, s.eval_loader.languages, "eval/source_loss")}
+                **StrategyLosses.means(by_source, s.eval_loader.languages, "eval/source_loss"), **downstream}
 
     # ----------------------------------------------------------------------------- preemption
     def _on_sigterm(self, signum, frame) -> None:

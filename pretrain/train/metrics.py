@@ -146,6 +146,10 @@ def console_line(record: dict[str, Any], max_steps: int) -> str:
         parts.append(f"loss {record['loss']:.4f}" + (f" ({per_strategy})" if per_strategy else ""))
     if "eval/loss" in record:
         parts.append(f"eval loss {record['eval/loss']:.4f}")
+    if "eval/cloze_acc" in record:  # eval.downstream
+        parts.append(f"cloze acc {record['eval/cloze_acc']:.1%} ([gMASK] {record['eval/cloze_causal_acc']:.1%})")
+    if "eval/infill_acc" in record:
+        parts.append(f"infill acc {record['eval/infill_acc']:.1%} ppl {record['eval/infill_ppl']:.1f}")
     parts += [show(record[key]) for key, show in _CONSOLE_FIELDS if record.get(key) is not None]
     if record.get("nonfinite_skipped"):
         parts.append(f"skipped {record['nonfinite_skipped']}")
