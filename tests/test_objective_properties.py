@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from pretrain.config import from_dict
-from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, attention_matrix, build_sample
+from pretrain.objectives import (GLMCollator, ObjectiveConfig, TextSample, TokenTables, attention_matrix,
+                                 build_sample)
 from pretrain.objectives.strategies.base import N_SENTINELS, SENTINELS
 from pretrain.objectives.strategies.fim import ROLES as FIM_ROLES
 from pretrain.objectives.strategies.ul2 import MODES
@@ -101,7 +102,7 @@ def check_batch(cfg, samples, batch, names, dropped):
             check_eop(docs, pieces)
             name = names[int(part["strategy_ids"][0])]
             if dropped[row]:
-                continue  # spans lost to fit the row: the layout holds, a strategy's structure need not
+                continue  # spans lost to fit the row (or moved to whole characters): the layout holds
             first = 0
             for index, doc in zip(group, docs):  # each document by its own rules, in its own coordinates
                 inside = lambda pos: first <= pos < first + len(doc)
@@ -254,10 +255,11 @@ def configs(draw):
     }, "objective")
 
 
-def collate_and_check(cfg, samples, seed):
+def collate_and_check(cfg, samples, seed, tables=None):
+    """Collate and check the layout; each strategy's own rules too unless ``tables`` moved its spans."""
     collator = GLMCollator(cfg, SPECIAL, SEQ_LEN, seed=seed, global_batch_size=2, sentence_end_ids=np.array([END]),
-                           vocab_size=VOCAB)
-    dropped = collator.plan(samples).dropped
+                           vocab_size=VOCAB, token_tables=tables)
+    dropped = collator.plan(samples).dropped | (tables is not None)
     batch = {k: v.numpy() for k, v in collator(samples).items()}
     assert all(v.shape == (len(samples), SEQ_LEN) for k, v in batch.items() if k != "sample_ids")
     assert batch["sample_ids"].tolist() == [s.sample_id for s in samples]
@@ -273,6 +275,34 @@ def collate_and_check(cfg, samples, seed):
 @given(cfg=configs(), samples=rows(), seed=st.integers(0, 2 ** 32))
 def test_every_strategy_and_switch_keeps_the_invariants(cfg, samples, seed):
     collate_and_check(cfg, samples, seed)
+
+
+@settings(deadline=None, max_examples=100)
+@given(cfg=configs(), samples=rows(), seed=st.integers(0, 2 ** 32), data=st.data())
+def test_spans_keep_whole_characters(cfg, samples, seed, data):
+    """With token tables where some text tokens continue a character, every span begins and ends
+    between whole characters, except where the text itself offers none: a document-level span's end,
+    a split at a piece that begins inside a character (nothing clean to choose)."""
+    continues = data.draw(st.sets(st.sampled_from([11, 12, 13, 14]), max_size=3))
+    char_start = ~np.isin(np.arange(VOCAB), list(continues))
+    tables = TokenTables(char_start, char_start.copy(), char_start.copy())
+    batch, _ = collate_and_check(cfg, samples, seed, tables)
+    for row, sample in enumerate(samples):
+        segments = split_row(batch, row)
+        groups = [[d] for d in sample.documents] if cfg.layout == "packed" else [sample.documents]
+        for part, docs in zip(segments, groups):
+            text, pieces, replaced, _ = check_segment(part, cfg.block_positions)
+            clean = np.r_[char_start[text], True]
+            ends = np.cumsum([len(d) for d in docs])
+            starts = ends - [len(d) for d in docs]
+            lows = {int(s + (d[0] == SPECIAL.cls)) for s, d in zip(starts, docs)}
+            inline = sorted(p for p, _ in replaced)   # MLM: runs of replaced tokens are whole characters
+            runs = [(p, p + 1) for p in inline if p - 1 not in inline]
+            runs = [(s, next(q for q in range(s, len(text) + 1) if q not in inline)) for s, _ in runs]
+            for s, e in [p["span"] for p in pieces] + runs:
+                if e > s:
+                    assert clean[s] or s in lows, "a span begins at a whole character"
+                    assert clean[e] or e in ends, "a span ends at a whole character"
 
 
 @settings(deadline=None, max_examples=60)

@@ -32,8 +32,9 @@ class TokenTables:
 
 def clean_boundaries(tokens: np.ndarray, doc_starts: np.ndarray, tables: TokenTables | None,
                      unit: Unit) -> np.ndarray | None:
-    """[T + 1] bool: True where a span boundary may sit (before token p; p = T is the end). Document
-    starts and the end always qualify. None when every position qualifies (no tables, or unit "token")."""
+    """[T + 1] bool: True where a span boundary may sit (before token p; p = T is the end). A document
+    that starts with a whole unit starts at one (a piece cut inside a character does not); the end
+    qualifies. None when every position qualifies (no tables, or unit "token")."""
     if tables is None or unit == "token":
         return None
     if tokens.max(initial=0) >= len(tables.char_start):
@@ -44,7 +45,7 @@ def clean_boundaries(tokens: np.ndarray, doc_starts: np.ndarray, tables: TokenTa
     if unit == "word":
         word = tables.word_start[tokens]
         word[1:] |= tables.word_end[tokens[:-1]]
+        word[doc_starts] = True  # a document's first word starts with it
         clean[:-1] &= word
-    clean[doc_starts] = True
     clean[-1] = True
     return clean

@@ -73,13 +73,19 @@ class Documents:
 
     @functools.cached_property
     def clean_before(self) -> np.ndarray:
-        """[T + 1] the last boundary at or before each position (positions themselves without boundaries)."""
-        return np.maximum.accumulate(np.where(self.boundary, np.arange(len(self.boundary)), 0))
+        """[T + 1] the last boundary at or before each position (-1: none)."""
+        return np.maximum.accumulate(np.where(self.boundary, np.arange(len(self.boundary)), -1))
 
     @functools.cached_property
     def clean_count(self) -> np.ndarray:
         """[T + 1] number of boundaries at or before each position."""
         return np.cumsum(self.boundary)
+
+    def next_clean(self, positions: np.ndarray) -> np.ndarray:
+        """The first boundary at or after each position (the end, T, is one)."""
+        count = self.clean_count
+        before = np.where(positions > 0, count[np.maximum(positions - 1, 0)], 0)
+        return np.minimum(np.searchsorted(count, before + 1), len(count) - 1)
 
 
 def _starts_of_runs(values: np.ndarray) -> np.ndarray:
@@ -165,27 +171,32 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray, length_stream: i
 
 def snap(docs: Documents, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spans (sorted, non-empty) moved to whole units: each boundary moves back to the last clean
-    position at or before it (never before the document's maskable start), so a span keeps about its
-    length; one that shrinks to nothing covers the next unit instead (within its region). Spans that
-    then touch or overlap merge, so spans keep a gap between them. A no-op without boundaries."""
+    position at or before it, so a span keeps about its length; a start never moves before the first
+    whole unit of its document's maskable region (a piece may be cut inside a character), an end at
+    the document's end stays. A span that shrinks to nothing covers the next unit instead, unless that
+    leaves its region (then it is dropped). Spans that then overlap merge, and so do spans that then
+    touch but had a gap (spans that had one keep one). A no-op without boundaries."""
     if docs.boundary is None or len(start) == 0:
         return start, end
     doc = docs.doc_of(start)
-    lo = docs.lo[doc]
-    new_start = np.maximum(docs.clean_before[start], lo)
-    new_end = docs.clean_before[end]
+    lo, bound = docs.lo[doc], np.maximum(end, docs.hi[doc])
+    new_start = docs.clean_before[start]
+    early = new_start < lo
+    if early.any():
+        new_start[early] = docs.next_clean(lo[early])
+    new_end = np.where(end == docs.end[doc], end, docs.clean_before[end])
     empty = new_end <= new_start
     if empty.any():
-        bound = np.maximum(end, docs.hi[doc])[empty]  # token spans stay before the last token
-        following = docs.clean_count[new_start[empty]]  # the next clean position after new_start
-        after = np.minimum(np.searchsorted(docs.clean_count, following + 1), len(docs.boundary) - 1)
-        new_end[empty] = np.minimum(after, bound)
-    keep = new_end > new_start
+        new_end[empty] = docs.next_clean(new_start[empty] + 1)
+    keep = (new_end > new_start) & (new_end <= bound)
+    gap_before = np.r_[True, start[1:] > end[:-1]][keep]
     new_start, new_end, doc = new_start[keep], new_end[keep], doc[keep]
-    # Merge spans of one document that now touch or overlap (ends are non-decreasing per document).
+    # Merge spans of one document that now overlap, or touch where they did not (ends are
+    # non-decreasing per document).
     reach = np.maximum.accumulate(new_end)
     opens = np.ones(len(new_start), dtype=bool)
-    opens[1:] = (new_start[1:] > reach[:-1]) | (doc[1:] != doc[:-1])
+    opens[1:] = ((new_start[1:] > reach[:-1]) | (new_start[1:] == reach[:-1]) & ~gap_before[1:]) \
+        | (doc[1:] != doc[:-1])
     first = np.flatnonzero(opens)
     return new_start[first], np.maximum.reduceat(new_end, first) if len(first) else new_end[first]
 

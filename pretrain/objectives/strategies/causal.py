@@ -1,5 +1,5 @@
-"""Plain left-to-right language modelling in GLM's layout (the GPT objective; GLM-130B's [gMASK]
-with an empty prefix, Zeng et al. 2022): one [gMASK] span over the whole text after cls, so Part A is
+"""Plain left-to-right language modelling in GLM's layout (the GPT objective, Radford et al. 2018;
+GLM-130B's [gMASK] with an empty prefix, Zeng et al. 2022): one [gMASK] span over the whole text after cls, so Part A is
 [cls] [gMASK] and Part B predicts the document up to its eos (DESIGN contract 2 with d = 0; a piece
 cut from a longer document trains no eop at the cut).
 """

@@ -56,8 +56,11 @@ class MLMStrategy(Strategy):
     def spans(self, docs):
         starts, ends = region_units(docs, None if docs.boundary is None else docs.boundary[:-1])
         unit_doc = docs.doc_of(starts)
-        chosen = take_units(docs, unit_doc, ends - starts, np.ones(len(starts), dtype=bool),
-                            self.cfg.mask_ratio, self.stream("order"), self.stream("round"))
+        # A region's first or last unit may be a piece of a character cut off by the window: never masked.
+        whole = np.ones(len(starts), dtype=bool) if docs.boundary is None else \
+            docs.boundary[starts] & docs.boundary[ends]
+        chosen = take_units(docs, unit_doc, ends - starts, whole, self.cfg.mask_ratio, self.stream("order"),
+                            self.stream("round"))
         return self.replace(docs, starts[chosen], ends[chosen]), 0
 
     def replace(self, docs, starts, ends) -> Spans:
