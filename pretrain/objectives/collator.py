@@ -101,8 +101,9 @@ class GLMCollator:
             spans.eop_loss = ~at_cut
         row_text = np.bincount(docs.row, weights=docs.length, minlength=n_rows).astype(np.int64)
         keep = overflow_keep(docs.row[span_doc], growth(spans), row_text, self.seq_len)
-        dropped = np.bincount(docs.row[span_doc[~keep]], minlength=n_rows)
+        dropped = np.zeros(n_rows, dtype=np.int64)
         if not keep.all():  # rare: skip the filtering otherwise
+            dropped = np.bincount(docs.row[span_doc[~keep]], minlength=n_rows)
             spans, span_doc = spans.take(keep), span_doc[keep]
 
         seg_lengths, seg_rows = segments(docs.length, docs.row, n_rows, self.cfg.layout)
@@ -111,13 +112,12 @@ class GLMCollator:
         seg_key = docs.key if self.cfg.layout == "packed" else docs.row_key
         order_part_b(spans, span_seg, seg_key[span_doc], self.cfg.shuffle_order)
 
-        trains = np.ones(len(spans), dtype=bool) if spans.inline is None else \
-            ~spans.inline | (spans.end > spans.start)
+        training_doc = span_doc if spans.inline is None else span_doc[~spans.inline | (spans.end > spans.start)]
         self.stats["rows"] += n_rows
         self.stats["documents"] += len(docs.start)
         self.stats["too_short"] += len(docs.start) - int(np.count_nonzero(docs.maskable))
         self.stats["context_only"] += len(docs.start) - int(np.count_nonzero(
-            np.bincount(span_doc[trains], minlength=len(docs.start))))
+            np.bincount(training_doc, minlength=len(docs.start))))
         self.stats["overflow_rows"] += int(np.count_nonzero(dropped))
         self.stats["overflow_spans"] += int(dropped.sum())
         self.stats["instruction_documents"] += 0 if prompt is None else int(np.count_nonzero(prompt))

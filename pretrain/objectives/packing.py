@@ -7,7 +7,6 @@ and the rare row that still overflows loses its last spans (the text stays, as c
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -169,28 +169,30 @@ def token_spans(docs: Documents, ratio: float, cdf: np.ndarray, length_stream: i
     return start, start + span_len, n_fallback
 
 
-def snap(docs: Documents, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Spans (sorted, non-empty) moved to whole units: each boundary moves back to the last clean
-    position at or before it, so a span keeps about its length; a start never moves before the first
-    whole unit of its document's maskable region (a piece may be cut inside a character), an end at
-    the document's end stays. A span that shrinks to nothing covers the next unit instead, unless that
-    leaves its region (then it is dropped). Spans that then overlap merge, and so do spans that then
-    touch but had a gap (spans that had one keep one). A no-op without boundaries."""
+def snap(docs: Documents, start: np.ndarray, end: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spans (sorted, non-empty) moved to whole units: each boundary moves to the clean position before
+    or after it, after with probability in proportion to its distance from the one before (one draw
+    per span for both ends, so the ends move together), so spans keep their length and the masked
+    ratio in expectation. A start never moves before the first whole unit of its document's maskable
+    region (a piece may be cut inside a character), an end never past the region; an end at the
+    document's end stays. Spans left empty are dropped; spans that then overlap merge, and so do spans
+    that then touch but had a gap (spans that had one keep one). A no-op without boundaries."""
     if docs.boundary is None or len(start) == 0:
         return start, end
     doc = docs.doc_of(start)
-    lo, bound = docs.lo[doc], np.maximum(end, docs.hi[doc])
-    new_start = docs.clean_before[start]
-    early = new_start < lo
-    if early.any():
-        new_start[early] = docs.next_clean(lo[early])
-    new_end = np.where(end == docs.end[doc], end, docs.clean_before[end])
-    empty = new_end <= new_start
-    if empty.any():
-        new_end[empty] = docs.next_clean(new_start[empty] + 1)
-    keep = (new_end > new_start) & (new_end <= bound)
-    gap_before = np.r_[True, start[1:] > end[:-1]][keep]
-    new_start, new_end, doc = new_start[keep], new_end[keep], doc[keep]
+    row = docs.row[doc]
+    u = rng.uniform(docs.row_key[doc], stream, np.arange(len(start)) - np.searchsorted(row, row))
+
+    def rounded(p):
+        below, above = docs.clean_before[p], docs.next_clean(p)
+        return np.where(u * (above - below) < p - below, above, below)
+
+    new_start = np.maximum(rounded(start), docs.next_clean(docs.lo[doc]))
+    new_end = np.where(end == docs.end[doc], end, rounded(end))
+    new_end = np.where(new_end > np.maximum(end, docs.hi[doc]), docs.clean_before[end], new_end)
+    keep = new_end > new_start
+    start, end, new_start, new_end, doc = start[keep], end[keep], new_start[keep], new_end[keep], doc[keep]
+    gap_before = np.r_[True, start[1:] > end[:-1]]
     # Merge spans of one document that now overlap, or touch where they did not (ends are
     # non-decreasing per document).
     reach = np.maximum.accumulate(new_end)

@@ -50,5 +50,5 @@ class DocumentStrategy(Strategy):
         # An infill leaves at least the last token after it; a span of the whole text is a suffix.
         suffix = (u[:, 1] < self.cfg.suffix_prob) | (g == n)
         start = np.where(suffix, end - g, lo + (u[:, 2] * np.maximum(n - g, 1)).astype(np.int64))
-        start, end = snap(docs, start, start + g)
+        start, end = snap(docs, start, start + g, self.stream("snap"))
         return Spans(start, end, np.full(len(start), self.special.gmask)), 0

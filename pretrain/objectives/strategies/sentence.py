@@ -73,5 +73,5 @@ class SentenceStrategy(Strategy):
         candidate = (n_sentences[sent_doc] == 1) | (index != kept[sent_doc])
         chosen = take_units(docs, sent_doc, ends - starts, candidate, self.cfg.mask_ratio,
                             self.stream("order"), self.stream("round"))
-        start, end = snap(docs, starts[chosen], ends[chosen])
+        start, end = snap(docs, starts[chosen], ends[chosen], self.stream("snap"))
         return Spans(start, end, np.full(len(start), self.special.smask)), 0

@@ -101,5 +101,5 @@ class T5Strategy(Strategy):
 
     def spans(self, docs):
         start, end = span_corruption(docs, self.cfg.mask_ratio, self.cfg.mean_span_length, self.noise_streams)
-        start, end = snap(docs, start, end)
+        start, end = snap(docs, start, end, self.stream("snap"))
         return sentinel_spans(docs, start, end, self.sentinels), 0

@@ -56,7 +56,7 @@ class TokenStrategy(Strategy):
     def spans(self, docs):
         start, end, fallbacks = token_spans(docs, self.cfg.mask_ratio, self.cdf, self.stream("length"),
                                             self.stream("place"))
-        start, end = snap(docs, start, end)
+        start, end = snap(docs, start, end, self.stream("snap"))
         if self.sentinels is None:
             return Spans(start, end, np.full(len(start), self.special.mask)), fallbacks
         k = index_in_document(docs, docs.doc_of(start))

@@ -102,7 +102,7 @@ class UL2Strategy(Strategy):
             if denoiser.kind == "span":
                 streams = {p: self.stream(f"{name}/{p}") for p in ("count", "noise", "gaps")}
                 start, end = span_corruption(chosen, denoiser.mask_ratio, denoiser.mean_span_length, streams)
-                spans = sentinel_spans(chosen, *snap(chosen, start, end), self.sentinels)
+                spans = sentinel_spans(chosen, *snap(chosen, start, end, self.stream(f"{name}/snap")), self.sentinels)
             else:
                 start, end = prefix_split(chosen, self.stream(f"{name}/split"))
                 spans = Spans(start, end, np.full(len(start), self.special.gmask))
