@@ -96,15 +96,19 @@ class GLMCollator:
         span_doc = docs.doc_of(spans.start)
         # Contract 2: a span that runs to the end of a piece cut from a longer document (no eos) must
         # not learn to end there.
-        at_cut = (spans.end == docs.end[span_doc]) & (docs.tokens[spans.end - 1] != self.special.eos)
-        if at_cut.any():
-            spans.eop_loss = ~at_cut
+        if (docs.tokens[docs.end - 1] != self.special.eos).any():
+            at_cut = (spans.end == docs.end[span_doc]) & (docs.tokens[spans.end - 1] != self.special.eos)
+            if at_cut.any():
+                spans.eop_loss = ~at_cut
         row_text = np.bincount(docs.row, weights=docs.length, minlength=n_rows).astype(np.int64)
-        keep = overflow_keep(docs.row[span_doc], growth(spans), row_text, self.seq_len)
+        span_growth = growth(spans)
+        keep = overflow_keep(docs.row[span_doc], span_growth, row_text, self.seq_len)
         dropped = np.zeros(n_rows, dtype=np.int64)
         if not keep.all():  # rare: skip the filtering otherwise
             dropped = np.bincount(docs.row[span_doc[~keep]], minlength=n_rows)
             spans, span_doc = spans.take(keep), span_doc[keep]
+            span_growth = None if span_growth is None else span_growth[keep]
+        used = int(row_text.sum()) + (2 * len(spans) if span_growth is None else int(span_growth.sum()))
 
         seg_lengths, seg_rows = segments(docs.length, docs.row, n_rows, self.cfg.layout)
         span_seg = seg_lengths.cumsum().searchsorted(spans.start, side="right")
@@ -121,6 +125,8 @@ class GLMCollator:
         self.stats["overflow_rows"] += int(np.count_nonzero(dropped))
         self.stats["overflow_spans"] += int(dropped.sum())
         self.stats["instruction_documents"] += 0 if prompt is None else int(np.count_nonzero(prompt))
+        self.stats["padding"] += n_rows * self.seq_len - used
+        self.stats["positions"] += n_rows * self.seq_len
         return Plan(docs, spans, span_doc, seg_lengths, seg_rows, sample_ids, row_strategy, doc_strategy, dropped)
 
     def lay_out(self, plan: Plan) -> dict[str, np.ndarray]:
@@ -142,8 +148,6 @@ class GLMCollator:
             index = row_first_seg[:, None] + np.maximum(segment_ids, 0)
             batch["strategy_ids"] = np.where(segment_ids >= 0, seg_strategy[index], -1)
         batch["sample_ids"] = plan.sample_ids
-        self.stats["padding"] += int(np.count_nonzero(segment_ids < 0))
-        self.stats["positions"] += segment_ids.size
         return batch
 
     def _draw_spans(self, docs: Documents, doc_strategy: np.ndarray, prompt: np.ndarray | None) -> Spans:
