@@ -66,7 +66,6 @@ class FIMStrategy(Strategy):
         """Each document's pieces as spans in start order: plain [lo, end); PSM prefix [lo, i), middle
         [i, j), suffix [j, end) in block order prefix, suffix, middle; SPM <PRE> (empty at lo), prefix +
         middle [lo, j), suffix [j, end) in block order <PRE>, suffix, prefix + middle."""
-        psm = fim & ~spm
         gmask, sop = self.special.gmask, self.special.sop
         pieces = [  # (start, end, sentinel, place in the block) per document and slot, -1: no piece
             (lo, np.where(fim, np.where(spm, lo, i), end), np.where(fim, self.pre, gmask), 0),

@@ -58,23 +58,20 @@ def span_corruption(docs: Documents, mask_ratio: float, mean_span_length: float,
     spans = np.minimum(spans, n - noise + 1)             # spans need a gap between them
     noise_len = compositions(noise, spans, docs.key, streams["noise"])          # [K]
     # Gaps: spans + 1 parts of the clean tokens, the first and last possibly empty.
-    gap_len = compositions(n - noise + 2, spans + 1 * (spans > 0), docs.key, streams["gaps"])
-    first_gap = offsets(spans + (spans > 0))[:-1][spans > 0]
+    has = spans > 0
+    gap_parts = spans + has
+    gap_len = compositions(n - noise + 2, gap_parts, docs.key, streams["gaps"])
+    first_gap = offsets(gap_parts)[:-1][has]
     gap_len[first_gap] -= 1
-    gap_len[first_gap + spans[spans > 0]] -= 1
+    gap_len[first_gap + spans[has]] -= 1
     span_doc = np.arange(len(n)).repeat(spans)
-    gap_index = np.arange(len(span_doc)) + span_doc_groups(spans)               # gap k before span k
+    # Gap k precedes span k; each document with spans holds one more gap than spans.
+    gap_index = np.arange(len(span_doc)) + np.arange(int(has.sum())).repeat(spans[has])
     before = gap_len[gap_index] + noise_len
     covered = before.cumsum() - noise_len                   # clean + noise tokens before each span, flat
     covered -= (covered - gap_len[gap_index])[np.searchsorted(span_doc, span_doc)]  # per document
     start = docs.lo[span_doc] + covered
     return start, start + noise_len
-
-
-def span_doc_groups(spans: np.ndarray) -> np.ndarray:
-    """Per span, how many documents with spans precede its own (gaps hold one extra part each)."""
-    has = spans > 0
-    return np.arange(int(has.sum())).repeat(spans[has])
 
 
 def sentinel_spans(docs: Documents, start: np.ndarray, end: np.ndarray, sentinels: np.ndarray) -> Spans:
