@@ -116,7 +116,24 @@ def _default(field: dataclasses.Field) -> Any:
 @functools.cache
 def field_help(cls: type) -> dict[str, str]:
     """Field name -> its comment as one line: the comment lines right above the field (a blank line or
-    code ends them) followed by its trailing comment."""
+    code ends them) followed by its trailing comment, or its ``metadata["help"]``. Fields of base classes
+    come from their own source; a class made at run time (``dataclasses.make_dataclass``) has none."""
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}
+    for klass in reversed(cls.__mro__):
+        if klass is not object and klass.__dict__.get("__dataclass_fields__") and _has_source(klass):
+            helps.update(_comment_help(klass))
+    return helps
+
+
+def _has_source(cls: type) -> bool:
+    try:
+        inspect.getsource(cls)
+    except (OSError, TypeError):
+        return False
+    return True
+
+
+def _comment_help(cls: type) -> dict[str, str]:
     source = textwrap.dedent(inspect.getsource(cls))
     lines = source.splitlines()
     comments = {tok.start[0]: tok.string.lstrip("#").strip()

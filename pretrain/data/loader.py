@@ -25,8 +25,9 @@ from pretrain.data.index import INDEX_VERSION, LanguageWindows, split_documents
 from pretrain.data.mixture import Mixture, mixture_weights
 from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
 from pretrain.data.store import TOKENIZER, TokenStore, open_store
+from pretrain.data.token_tables import token_tables
 from pretrain.data.tokenizer import load_tokenizer, resolve_special_tokens, tokenizer_fingerprint
-from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, sentence_end_ids
+from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, TokenTables, sentence_end_ids
 from pretrain.tokens import SpecialTokens
 
 STATE_VERSION = 1
@@ -172,6 +173,11 @@ class DataSource:
         """Decoded text of every id (e.g. for the collator's sentence-end table)."""
         return [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
 
+    @functools.cached_property
+    def token_tables(self) -> TokenTables:
+        """Where each token id may start or end a span (whole characters, whole words)."""
+        return token_tables(self.tokenizer)
+
 
 def open_data(cfg: DataConfig, declared_special_tokens: Mapping[str, str] = {}) -> DataSource:
     """``data.path``, or the embedded corpus, built on first use. ``declared_special_tokens``: the
@@ -199,9 +205,11 @@ def open_data(cfg: DataConfig, declared_special_tokens: Mapping[str, str] = {}) 
 
 def glm_collator(source: DataSource, objective: ObjectiveConfig, *, seq_len: int, seed: int,
                  global_batch_size: int) -> GLMCollator:
-    """The GLM collator for this data's tokenizer (special ids, vocabulary size, sentence ends)."""
+    """The GLM collator for this data's tokenizer (special ids, vocabulary size, sentence ends, span
+    boundary tables)."""
     return GLMCollator(objective, source.special, seq_len, seed, global_batch_size,
-                       sentence_end_ids=sentence_end_ids(source.token_texts), vocab_size=source.vocab_size)
+                       sentence_end_ids=sentence_end_ids(source.token_texts), vocab_size=source.vocab_size,
+                       token_tables=source.token_tables)
 
 
 def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: int, global_batch_size: int,

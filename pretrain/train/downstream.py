@@ -6,7 +6,7 @@ besides loss, on the held-out documents (``data.eval_documents`` per language), 
     eval/cloze_causal_acc, eval/cloze_causal_ppl  the same word as the start of a [gMASK] continuation
                                                   (Part A is the context only: the causal view)
     eval/infill_acc, eval/infill_ppl              [MASK] spans drawn by the token strategy (eval
-                                                  objective's mask_ratio and span lengths, train.seed),
+                                                  objective's token section: mask_ratio, span lengths; train.seed),
                                                   every token of the spans (not the closing eop)
 
 Accuracy: cloze counts a passage when the model's greedy choice is right for every token of the word
@@ -34,7 +34,8 @@ from torch.distributed.tensor import DTensor
 from pretrain.data.index import split_documents
 from pretrain.generate.cloze import cloze_example
 from pretrain.generate.scoring import Scored, example_counts, layout_scored
-from pretrain.objectives import TokenStrategy, raw_length
+from pretrain.objectives import STRATEGIES, raw_length
+from pretrain.objectives.strategies.base import Context
 from pretrain.train.config import Config
 from pretrain.train.loss import loss_context, token_cross_entropy
 
@@ -56,7 +57,7 @@ def build_examples(cfg: Config, source) -> tuple[list[Scored], list[tuple[str, s
     """Every example and its (task, language), the same on every rank."""
     special, seq_len = source.special, cfg.train.seq_len
     token_cfg = dataclasses.replace(cfg.eval_objective(), strategy="token", mixture={})
-    spans = TokenStrategy(token_cfg, special)
+    spans = STRATEGIES["token"](token_cfg.token, Context(special))
     window = raw_length(token_cfg, seq_len)
     examples, labels = [], []
     documents = held_out_documents(source.store, cfg.data.eval_documents, cfg.eval.downstream_documents)
