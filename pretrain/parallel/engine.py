@@ -7,14 +7,17 @@ needs, so the loop is the same for this engine and DeepSpeed's (deepspeed_engine
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from pretrain.parallel import safe_dcp
 from pretrain.parallel.clip import clip_grad_norm_
 
 # Optimizer state keyed per parameter FQN ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"), not by
@@ -35,8 +38,9 @@ class Engine(Protocol):
     def step(self, lr: float, max_norm: float, skip: bool) -> float:
         """Clip and apply the update (unless ``skip`` or the norm is not finite); returns the global grad norm."""
 
-    def save(self, path: Path) -> None:
-        """Collective: write model and optimizer state under ``path``."""
+    def save(self, path: Path, async_group: dist.ProcessGroup | None = None) -> Future | None:
+        """Collective: write model and optimizer state under ``path``. An engine that can write in the
+        background does so with ``async_group`` (a gloo group) and returns the write's future."""
 
     def load(self, path: Path) -> None:
         """Collective: restore what ``save`` wrote."""
@@ -63,13 +67,19 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, async_group: dist.ProcessGroup | None = None) -> Future | None:
+        """With ``async_group``: the state is copied to CPU memory now and written by a background thread
+        (DCP's async_save; its collectives run on that group, beside the training's)."""
         model_state, optim_state = get_state_dict(self.model, self.optimizer, options=_OPTIONS)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=path)
+        state = {"model": model_state, "optim": optim_state}
+        if async_group is None:
+            dcp.save(state, checkpoint_id=path)
+            return None
+        return dcp.async_save(state, checkpoint_id=path, process_group=async_group)
 
     def load(self, path: Path) -> None:
         model_state, optim_state = get_state_dict(self.model, self.optimizer, options=_OPTIONS)
         state = {"model": model_state, "optim": optim_state}
-        dcp.load(state, checkpoint_id=path)
+        safe_dcp.load(state, path)  # no pickled object is built from the files; shapes checked first
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                        options=_OPTIONS)

@@ -8,11 +8,11 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from pretrain.config import ConfigError, from_dict, load_yaml
 from pretrain.model.config import ModelConfig
 from pretrain.model.glm import GLMModel
+from pretrain.parallel import safe_dcp
 from pretrain.train.checkpoint import latest_checkpoint
 from pretrain.tokens import CORE_ROLES, SpecialTokens
 from pretrain.train.config import checkpoint_dir
@@ -52,7 +52,7 @@ def load_trained_model(run_dir: Path, checkpoint: Path | None = None) -> GLMMode
         model = GLMModel(cfg)
     model.to_empty(device="cpu")
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=checkpoint)  # fills every tensor of this model, or raises naming the missing key
+    safe_dcp.load(state, checkpoint)  # fills every tensor of this model, or raises naming the missing key
     model.load_state_dict(state["model"])
     logger.info("loaded %s", checkpoint)
     return model.eval()
