@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -251,3 +252,21 @@ def test_resume_with_dropout_is_exact(trainer_factory, tmp_path):
     resumed.train()
     straight, got = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
     assert sorted(got) == [3, 4] and all(got[s] == straight[s] for s in got), (got, straight)
+
+
+def test_sigusr1_mid_run_saves_the_step_and_returns(trainer_factory, tmp_path):
+    """Slurm's time-limit signal (launch/slurm.sbatch: --signal=B:USR1, forwarded by torchrun): the
+    step in progress finishes, is saved, and train() returns before max_steps."""
+    trainer = trainer_factory(tmp_path, "train.max_steps=50")
+    real_step = trainer.train_step
+
+    def step_then_signal(batches):
+        record = real_step(batches)
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return record
+
+    trainer.train_step = step_then_signal
+    assert trainer.train() == 2
+    assert [checkpoint.step_of(p) for p in checkpoint.complete_checkpoints(tmp_path / "checkpoints")] == [2]
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the trainer's handler is gone with the run
