@@ -237,6 +237,9 @@ def test_vocabulary_change_on_resume_says_tokenizer_data_changed(three_checkpoin
     with pytest.raises(ConfigError, match=r"model.embed_tokens.weight of shape \[2048, 64\], this model \[2176, 64\]: "
                        r"the tokenizer/data changed"):
         trainer_factory(three_checkpoints, changed)
+    with pytest.raises(ConfigError, match=r"model.layers.0.mlp.up_proj.weight of shape \[256, 64\], this model "
+                       r"\[128, 64\]: the model config changed"):
+        trainer_factory(three_checkpoints, "model.ffn_hidden_size=128")
 
 
 def test_resume_with_dropout_is_exact(trainer_factory, tmp_path):

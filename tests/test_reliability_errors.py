@@ -112,3 +112,14 @@ def test_a_refusal_under_torchrun_is_printed_once(tmp_path):
     assert refusals == [f"train: checkpoint.resume_from=3: {tmp_path / 'checkpoints'} has no complete checkpoint of "
                         f"step 3 (it has none); give one of those, latest, or none"], output[-3000:]
     assert result.returncode != 0 and "exitcode  : 2" in output and "Traceback" not in output.split("torchrun")[0]
+
+
+def test_unset_data_is_refused_and_a_run_logs_its_data(trainer_factory, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.delenv("PRETRAIN_DEBUG", raising=False)
+    unset = ["data.corpus=null", "parallel.tp=1", f"run.dir={tmp_path / 'unset'}"]
+    assert main(["train", "--config", str(SMOKE), *unset]) == 2
+    assert capsys.readouterr().err.startswith("train: data.path is not set: give a preprocessed directory")
+    with caplog.at_level("INFO", logger="pretrain.train.loop"):
+        trainer_factory(tmp_path / "run")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("data "))
+    assert "(fingerprint " in line and "tokenizer sha256 " in line and "(vocabulary 2048), mixture ar 0." in line
