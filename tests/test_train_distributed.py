@@ -179,11 +179,15 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: 
 
 def test_kill_9_resumes_from_last_complete_checkpoint(reference, base_config, tmp_path):
     # A long run (same schedule: lr_decay_steps fixes it) checkpointing every 3 steps, killed without
-    # warning once step 4 is logged, i.e. after checkpoint 3 completed and maybe inside a later save.
+    # warning once step 4 is logged and checkpoint 3 is complete (a background save is marked complete
+    # at a later step boundary), maybe inside a later save.
     args = command(base_config, tmp_path, 1, ["train.max_steps=1000", "checkpoint.interval=3", "eval.interval=0"])
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_step(tmp_path, 4, process)
+        while not list((tmp_path / "checkpoints").glob("step_*/complete")):
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.01)
     finally:
         process.kill()
         process.wait()
