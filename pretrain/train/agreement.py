@@ -6,10 +6,12 @@ be printed by nobody (only rank 0 prints, pretrain/cli/_errors.py). So these are
 from __future__ import annotations
 
 import socket
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def any_rank(flags: Sequence[bool], device: torch.device) -> list[bool]:
@@ -34,3 +36,26 @@ def raise_if_any_rank_failed(error: BaseException | None, wrap: Callable[[str], 
     if failed is not None:
         rank, (host, message) = failed
         raise wrap(f"rank {rank} on {host}: {message}")
+
+
+def on_rank_zero(compute: Callable[[], T], expected: tuple[type[Exception], ...]) -> T:
+    """Collective: rank 0 computes (reads files that every rank would read the same: one reader, not
+    thousands), every rank gets the value, or raises the error rank 0 got (an ``expected`` type is
+    raised as itself, anything else as a RuntimeError naming it)."""
+    if dist.get_world_size() == 1:
+        return compute()
+    box: list = [None]
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, compute())
+        except Exception as err:
+            error, box[0] = err, (False, (type(err), " ".join(str(err).split())))
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    ok, value = box[0]
+    if ok:
+        return value
+    kind, message = value
+    raise kind(message) if issubclass(kind, expected) else RuntimeError(f"rank 0: {kind.__name__}: {message}")

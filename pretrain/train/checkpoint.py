@@ -16,9 +16,9 @@ training goes on; rank 0 renames the directory at the first step boundary where 
 finished (DCP's save returns on rank 0 only after every rank wrote its shards and rank 0 the metadata;
 each rank wrote its RNG file before starting), and the next save waits for the last.
 
-Resume (``resume``): the checkpoint ``checkpoint.resume_from`` names is verified cheaply first (every
-file present at its recorded size, the JSON and the DCP metadata readable); one that fails names
-itself and the last good one, which ``checkpoint.fallback_to_previous`` resumes from instead.
+Resume (``resume``): the checkpoint ``checkpoint.resume_from`` names is verified cheaply first, by rank 0
+for everyone (every file present at its recorded size, the JSON and the DCP metadata readable); one
+that fails names itself and the last good one, which ``checkpoint.fallback_to_previous`` resumes from instead.
 Checkpoints newer than the one resumed from go to ``<dir>/abandoned/``, so that "latest" keeps
 meaning this run's latest. Resharding (save with TP=2, load with TP=1) is DCP's.
 """
@@ -43,7 +43,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from pretrain.config import ConfigError
 from pretrain.parallel import safe_dcp
-from pretrain.train.agreement import raise_if_any_rank_failed
+from pretrain.train.agreement import on_rank_zero, raise_if_any_rank_failed
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +144,6 @@ def verify(path: Path) -> dict[str, Any]:
     if state.get("consecutive_nonfinite"):
         raise CorruptCheckpointError(f"{path} was saved inside a streak of {state['consecutive_nonfinite']} "
                                      f"non-finite steps")
-    for rng_file in sorted((path / "rng").glob("rank*.json")):
-        _read_json(rng_file)
     if (path / safe_dcp.METADATA).is_file():
         try:
             safe_dcp.read_metadata(path)
@@ -313,9 +311,14 @@ def load(path: Path, engine) -> None:
                           f"run.dir") from None
     except ValueError as err:
         raise CorruptCheckpointError(str(err)) from None
-    rng_file = path / "rng" / f"rank{dist.get_rank()}.json"
-    if rng_file.is_file():
-        set_rng_state(_read_json(rng_file))
+    rng_file, rng, error = path / "rng" / f"rank{dist.get_rank()}.json", None, None
+    try:
+        rng = _read_json(rng_file) if rng_file.is_file() else None
+    except CorruptCheckpointError as err:
+        error = err
+    raise_if_any_rank_failed(error, CorruptCheckpointError)  # every rank falls back, or none
+    if rng is not None:
+        set_rng_state(rng)
 
 
 def _last_good(older: list[Path]) -> Path | None:
@@ -336,8 +339,7 @@ def resume(root: Path, resume_from: int | str, fallback: bool,
     anything else for a checkpoint that does not fit this run (raised as it is)."""
     if dist.get_rank() == 0:
         remove_partial(root)
-    dist.barrier()
-    found = complete_checkpoints(root)
+    found = on_rank_zero(lambda: complete_checkpoints(root), ())  # rank 0 reads the directory, once
     if resume_from == "none":
         candidates = []
     elif resume_from == "latest":
@@ -351,11 +353,11 @@ def resume(root: Path, resume_from: int | str, fallback: bool,
     chosen = None
     for path in candidates:
         try:
-            restore(path, verify(path))
+            restore(path, on_rank_zero(lambda: verify(path), (CorruptCheckpointError,)))
             chosen = path
             break
         except CorruptCheckpointError as err:
-            good = _last_good([p for p in found if p.name < path.name])
+            good = on_rank_zero(lambda: _last_good([p for p in found if p.name < path.name]), ())
             if resume_from != "latest" or not fallback or good is None:
                 advice = (f"the last good checkpoint is {good}: resume from it with checkpoint.resume_from="
                           f"{step_of(good)} (or checkpoint.fallback_to_previous=true)" if good else
