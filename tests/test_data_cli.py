@@ -43,6 +43,7 @@ def test_preprocess_then_inspect(workspace, capsys):
 
 
 def test_preprocess_reports_bad_input_clearly(workspace, capsys):
-    code = main(["preprocess", "--input", f"en={workspace / 'missing.jsonl'}", "--tokenizer", "t.json", "--output", "o"])
+    missing = f"en={workspace / 'missing.jsonl'}"
+    code = main(["preprocess", "--input", missing, "--tokenizer", "t.json", "--output", "o"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("preprocess: input file ") and err.endswith("missing.jsonl does not exist\n")

@@ -43,7 +43,8 @@ class RunsCommand:
 
 def reseal(path: Path) -> None:
     """Record the current file sizes in ``complete``, as a forger (or a careless edit) would."""
-    files = {str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "complete"}
+    files = {str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*")
+             if p.is_file() and p.name != "complete"}
     (path / checkpoint.COMPLETE).write_text(json.dumps({"step": checkpoint.step_of(path), "files": files}))
 
 
@@ -73,7 +74,8 @@ def test_crafted_pickles_in_a_checkpoint_do_not_run(three_checkpoints, trainer_f
     latest = three_checkpoints / "checkpoints" / "step_00000003"
     (latest / safe_dcp.METADATA).write_bytes(pickle.dumps(RunsCommand(marker)))
     reseal(latest)
-    with pytest.raises(CorruptCheckpointError, match=r"refusing posix\.system.*last good checkpoint is .*step_00000002"):
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"refusing posix\.system.*last good checkpoint is .*step_00000002"):
         trainer_factory(three_checkpoints)
     older = three_checkpoints / "checkpoints" / "step_00000002"  # a checkpoint of the format before trainer.json
     (older / checkpoint.TRAINER_STATE).unlink()
@@ -112,7 +114,8 @@ def test_truncated_latest_names_itself_and_the_last_good_one(three_checkpoints, 
 
 def test_resume_from_a_step_or_from_scratch(three_checkpoints, trainer_factory):
     checkpoints = three_checkpoints / "checkpoints"
-    with pytest.raises(ConfigError, match=r"resume_from=7: .* has no complete checkpoint of step 7 \(it has \[1, 2, 3\]\)"):
+    with pytest.raises(ConfigError,
+                       match=r"resume_from=7: .* has no complete checkpoint of step 7 \(it has \[1, 2, 3\]\)"):
         trainer_factory(three_checkpoints, "checkpoint.resume_from=7")
     assert trainer_factory(three_checkpoints, "checkpoint.resume_from=2").step == 2
     assert [p.name for p in checkpoint.complete_checkpoints(checkpoints)] == ["step_00000001", "step_00000002"]
@@ -221,10 +224,11 @@ def test_kill_9_mid_save_leaves_the_previous_checkpoint(tmp_path, single_process
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         restored = []
-        assert checkpoint.resume(root, "latest", False, lambda path, state: restored.append(state)) == root / "step_00000001"
+        chosen = checkpoint.resume(root, "latest", False, lambda path, state: restored.append(state))
     finally:
         dist.destroy_process_group()
-    assert restored == [{"step": 1, "loader": {}, "topology": {}}] and sorted(p.name for p in root.iterdir()) == ["step_00000001"]
+    assert chosen == root / "step_00000001" and restored == [{"step": 1, "loader": {}, "topology": {}}]
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000001"]
 
 
 # --- what a resume refuses, and what it restores exactly --------------------------------------------

@@ -53,7 +53,11 @@ def rewrite_keeping_size_and_mtime(path, data: bytes) -> None:
 def count_bin_hashes(monkeypatch) -> list:
     hashed = []
     real = store.file_sha256
-    monkeypatch.setattr(store, "file_sha256", lambda path: (str(path).endswith(".bin") and hashed.append(path)) or real(path))
+    def counting(path):
+        if str(path).endswith(".bin"):
+            hashed.append(path)
+        return real(path)
+    monkeypatch.setattr(store, "file_sha256", counting)
     return hashed
 
 

@@ -54,7 +54,8 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch):
 @pytest.mark.parametrize("override, key", [
     ("train.lr=.nan", "train.lr"), ("train.lr=inf", "train.lr"), ("train.betas=[0.9, .nan]", "train.betas[1]"),
     ("data.alpha=.inf", "data.alpha"), ("data.weights={en: .nan}", "data.weights.en"),
-    ("model.dropout=.nan", "model.dropout"), ("model.rope_theta=.inf", "model.rope_theta"), ("objective.mask_ratio=-.inf", "objective.mask_ratio"),
+    ("model.dropout=.nan", "model.dropout"), ("model.rope_theta=.inf", "model.rope_theta"),
+    ("objective.mask_ratio=-.inf", "objective.mask_ratio"),
     ("metrics.peak_tflops=.inf", "metrics.peak_tflops"),
 ])
 def test_every_float_must_be_finite(override, key):

@@ -76,7 +76,8 @@ def test_tp_plan_styles_per_module():
         plan = tp_plan(model, sequence_parallel=sp)
         between = Shard(1) if sp else Replicate()
         assert type(plan["embed_tokens"]) is RowwiseParallel
-        assert plan["embed_tokens"].input_layouts == (Replicate(),) and plan["embed_tokens"].output_layouts == (between,)
+        embedding = plan["embed_tokens"]
+        assert embedding.input_layouts == (Replicate(),) and embedding.output_layouts == (between,)
         for layer in ("layers.0", "layers.1"):
             colwise = ["q_proj", "k_proj", "v_proj"]
             for name in colwise:

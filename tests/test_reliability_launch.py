@@ -62,5 +62,6 @@ def test_a_job_that_ends_without_the_signal_is_not_requeued(tmp_path):
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(tmp_path), "SLURM_JOB_ID": "78",
            "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1"}
-    assert subprocess.run(["bash", str(SBATCH), "configs/smoke.yaml"], env=env, cwd=tmp_path, timeout=60).returncode == 3
+    job = subprocess.run(["bash", str(SBATCH), "configs/smoke.yaml"], env=env, cwd=tmp_path, timeout=60)
+    assert job.returncode == 3
     assert not (tmp_path / "requeued").exists()

@@ -30,7 +30,8 @@ def read_only_dir(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)]
+    if subprocess.run(mount, capture_output=True).returncode:
         pytest.skip("root without permission to mount: no way to make a directory read-only")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
@@ -38,11 +39,11 @@ def read_only_dir(tmp_path):
 
 def test_unwritable_directories_are_refused_naming_the_key(tmp_path, read_only_dir):
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(ConfigError, match=r"run\.dir=.*a_file is a file, not a directory; point run\.dir at a directory"):
+    with pytest.raises(ConfigError, match=r"run\.dir=.*a_file is a file, not a directory; point run\.dir at a dir"):
         check_writable(tmp_path / "a_file", "run.dir")
     with pytest.raises(ConfigError, match=r"checkpoint\.dir=.*a_file/ckpt cannot be written: Not a directory"):
         check_writable(tmp_path / "a_file" / "ckpt", "checkpoint.dir")  # a parent that cannot exist
-    with pytest.raises(ConfigError, match=r"checkpoint\.dir=.*ro cannot be written: (Read-only file system|Permission denied)"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.dir=.*ro cannot be written: (Read-only|Permission)"):
         check_writable(read_only_dir, "checkpoint.dir")
     with pytest.raises(ConfigError, match=r"checkpoint\.dir=.*ro/new cannot be written"):
         check_writable(read_only_dir / "new", "checkpoint.dir")  # a missing directory that cannot be made
@@ -70,7 +71,8 @@ def test_a_second_launch_is_refused_naming_the_holder(trainer_factory, tmp_path)
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(ConfigError, match=rf"run\.dir={tmp_path} is in use by another launch \(host "
-                           rf"{socket.gethostname()}, pid {holder.pid}, since .*; wait for it to end or use another run\.dir"):
+                           rf"{socket.gethostname()}, pid {holder.pid}, since .*; wait for it to end or use another "
+                           rf"run\.dir"):
             trainer_factory(tmp_path)
     finally:
         holder.kill()

@@ -25,7 +25,8 @@ _ALLOWED = {
     ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
     ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    *(("torch.distributed.checkpoint.metadata", name) for name in dir(dcp_metadata) if isinstance(getattr(dcp_metadata, name), type)),
+    *(("torch.distributed.checkpoint.metadata", name) for name in dir(dcp_metadata)
+      if isinstance(getattr(dcp_metadata, name), type)),
 }
 
 

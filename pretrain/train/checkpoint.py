@@ -363,7 +363,8 @@ def resume(root: Path, resume_from: int | str, fallback: bool,
                           f"{step_of(good)} (or checkpoint.fallback_to_previous=true)" if good else
                           "no earlier checkpoint can be read: start over with checkpoint.resume_from=none")
                 raise CorruptCheckpointError(f"cannot resume from {path}: {err}; {advice}") from None
-            logger.warning("cannot resume from %s: %s; resuming from %s (checkpoint.fallback_to_previous)", path, err, good)
+            logger.warning("cannot resume from %s: %s; resuming from %s (checkpoint.fallback_to_previous)",
+                           path, err, good)
     if dist.get_rank() == 0:
         _set_aside([p for p in found if chosen is None or p.name > chosen.name], root)
     return chosen

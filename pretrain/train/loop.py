@@ -146,8 +146,8 @@ class Trainer:
                 if stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
                     self.save(wait=stop)
                 if stop:
-                    logger.warning("stop signal (%s on some rank): saved step %d, exiting", stop_signals.received
-                                   or "not here", self.step)
+                    logger.warning("stop signal (%s): saved step %d, exiting",
+                                   stop_signals.received or "on another rank", self.step)
                     return self.step
             if self.checkpointer.saved_step != self.step:
                 self.save(wait=True)
