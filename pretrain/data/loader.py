@@ -74,8 +74,10 @@ def _ignore_stop_signals(worker_id: int) -> None:
     threading.Thread(target=watch, name="stop-signal-watch", daemon=True).start()
 
 
-def _worker_died(err: RuntimeError) -> bool:
-    return "DataLoader worker" in str(err)
+def _worker_died(err: Exception) -> bool:
+    """A worker killed by a signal: the DataLoader's own check ("DataLoader worker ... exited"), or a batch
+    the dead worker had queued whose shared memory it can no longer hand over (connection reset)."""
+    return isinstance(err, (ConnectionError, EOFError)) or "DataLoader worker" in str(err)
 
 
 class EvalIndex:
@@ -137,7 +139,7 @@ class PretrainLoader:
                         batch["loss_mask"][batch["sample_ids"] >= self.dataset.index.total_samples] = 0
                     restarts = 0
                     yield batch
-            except RuntimeError as err:
+            except (RuntimeError, ConnectionError, EOFError) as err:
                 if self.split != "train" or not _worker_died(err) or restarts == MAX_WORKER_RESTARTS:
                     raise
                 restarts += 1
