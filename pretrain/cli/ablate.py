@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pretrain.config import ConfigError, load_yaml, to_dict
 from pretrain.train.config import Config, load_config
+from pretrain.train.metrics import read_jsonl
 
 MARKER = "ablate.json"  # in a variant's run dir: its overrides, wall time so far, whether it finished
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -116,8 +117,7 @@ def run_variant(variant: Variant, base: Path, nproc: int) -> tuple[float, bool]:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(run_dir / "metrics.jsonl")  # a line torn by a crash mid-write is dropped
 
 
 def variant_row(variant: Variant, wall_s: float) -> dict:
@@ -217,9 +217,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"[ablate] {variant.name}: {'already finished, skipped' if skipped else f'done in {wall:.0f} s'}",
                   flush=True)
             rows.append(variant_row(variant, wall))
-    except (ConfigError, RuntimeError) as err:
+    except RuntimeError as err:  # a variant failed: its log says why (a ConfigError is cli/_errors.py's)
         print(f"ablate: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
+        return 1
     text = summary_markdown(variants, rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(text, encoding="utf-8")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.distributed as dist
@@ -106,7 +106,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def build_setup(cfg: Config) -> Setup:
+def build_setup(cfg: Config, preflight: Callable[[], None] | None = None) -> Setup:
+    """``preflight``: checks that need the process group and come before the data and the model."""
     from pretrain.data.loader import build_loader, glm_collator, open_data
     from pretrain.model.glm import GLMModel
     from pretrain.objectives import declared_special_tokens, raw_length
@@ -114,6 +115,8 @@ def build_setup(cfg: Config) -> Setup:
     dims = validate_topology(cfg, world_size_from_env())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     init_distributed(device.type)
+    if preflight is not None:
+        preflight()
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     mesh = build_mesh(device.type, dims)
