@@ -48,7 +48,8 @@ def megatron_docs(tokenizer_path):
     docs = []
     for text in TEXTS:
         sentences = [s + ("." if s and not s.endswith(".") and ". " in text else "") for s in text.split(". ")]
-        ids = [tokenizer.encode(s if i == 0 else " " + s, add_special_tokens=False).ids for i, s in enumerate(sentences)]
+        ids = [tokenizer.encode(s if i == 0 else " " + s, add_special_tokens=False).ids
+               for i, s in enumerate(sentences)]
         docs.append(ids[:-1] + [ids[-1] + [eod]])
     return docs
 

@@ -4,12 +4,16 @@ import json
 
 import pytest
 from hypothesis import given, strategies as st
+from tokenizers import AddedToken
 
 from pretrain.data import prepare_embedded_corpus
 from pretrain.data import shards as shards_module
 from pretrain.data.nodes import assign, resolve_node
 from pretrain.data.preprocess import IncompleteDataError, Setup, finalize, preprocess, run_node
 from pretrain.data.sources import Input, SourceOptions, read_sources
+from pretrain.data.store import read_manifest
+from pretrain.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint
+from test_data_preprocess import tree
 
 SHARD_DOCUMENTS = 3
 
@@ -28,7 +32,8 @@ def plan(tmp_path_factory):
         (folder / lang).mkdir()
         for index in range(files):
             docs = [f"{lang} file {index} document {d}: " + "words " * (d * index % 7) for d in range(2 + 3 * index)]
-            (folder / lang / f"part-{index}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs + docs[:1]))
+            lines = [json.dumps({"text": t}) + "\n" for t in docs + docs[:1]]  # one repeat: a duplicate
+            (folder / lang / f"part-{index}.jsonl").write_text("".join(lines))
     rows = [{"lang": "sv", "text": f"svensk text {i}"} for i in range(4)] + [{"lang": "no", "text": "norsk tekst"}]
     (folder / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plan = read_sources([f"{lang}={folder / lang}" for lang in ("en", "de", "fi")] + [str(folder / "mixed.jsonl")],
@@ -41,10 +46,6 @@ def plan(tmp_path_factory):
 def single(plan, tokenizer_path, tmp_path_factory):
     return preprocess(plan, tokenizer_path, tmp_path_factory.mktemp("single"), shard_documents=SHARD_DOCUMENTS,
                       dedup=True, progress=False)
-
-
-def tree(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("num_nodes", [2, 3])
@@ -86,13 +87,31 @@ def test_a_missing_share_is_refused_by_name_and_a_node_that_died_is_rerun(plan, 
     assert tree(setup.root) == tree(single)
 
 
-def test_inputs_changed_since_a_node_ran_are_not_taken_as_done(plan, tokenizer_path, single, tmp_path):
-    setup = Setup(tmp_path / "out", tokenizer_path, SHARD_DOCUMENTS + 1, plan.options)  # another --shard-documents
+def copy_records(plan, single, setup):
+    """The input records of the single-node run, as if its nodes had run into ``setup.root``."""
     for source in plan.inputs:
         (setup.root / ".inputs" / source.group).mkdir(parents=True, exist_ok=True)
         (setup.root / ".inputs" / source.group / f"{source.ordinal:05d}.json").write_bytes(
             (single / ".inputs" / source.group / f"{source.ordinal:05d}.json").read_bytes())
+
+
+def test_inputs_changed_since_a_node_ran_are_not_taken_as_done(plan, tokenizer_path, single, tmp_path):
+    setup = Setup(tmp_path / "out", tokenizer_path, SHARD_DOCUMENTS + 1, plan.options)  # another --shard-documents
+    copy_records(plan, single, setup)
     with pytest.raises(IncompleteDataError, match="8 of 8 inputs have no finished record"):
+        finalize(plan, setup)
+
+
+def test_finalize_with_another_tokenizer_names_both(plan, tokenizer_path, single, tmp_path):
+    ours = tokenizer_fingerprint(load_tokenizer(tokenizer_path))
+    assert read_manifest(single)["tokenizer_fingerprint"] == ours
+    other = load_tokenizer(tokenizer_path)
+    other.add_special_tokens([AddedToken("<extra>", special=True)])  # another id for a text: another fingerprint
+    save_tokenizer(other, tmp_path / "other.json")
+    setup = Setup(tmp_path / "out", tmp_path / "other.json", SHARD_DOCUMENTS, plan.options)
+    copy_records(plan, single, setup)
+    with pytest.raises(IncompleteDataError, match=rf"was tokenized with tokenizer fingerprint {ours}, but --tokenizer "
+                                                  rf".*other.json has fingerprint {tokenizer_fingerprint(other)}"):
         finalize(plan, setup)
 
 

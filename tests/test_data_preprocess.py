@@ -12,7 +12,7 @@ import pytest
 from pretrain.data import prepare_embedded_corpus
 from pretrain.data.preprocess import preprocess
 from pretrain.data.sources import SourceOptions, read_sources
-from pretrain.data.store import CorruptDataError, data_fingerprint, open_store, read_manifest
+from pretrain.data.store import VERIFIED, CorruptDataError, data_fingerprint, open_store, read_manifest
 from pretrain.data.tokenizer import file_sha256, load_tokenizer
 
 EN = ["The quick brown fox.", "", "   ", "Jumps over [MASK] the lazy dog.", "Line three of English."]
@@ -102,7 +102,9 @@ def test_exact_duplicates_are_counted_and_dropped_with_dedup(tokenizer_path, tmp
 
 
 def tree(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, but the machine's own record of what it hashed (file stamps: inode, mtime)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and p.name != VERIFIED}
 
 
 def test_output_does_not_depend_on_worker_count(raw, tokenizer_path, tmp_path, monkeypatch):

@@ -48,7 +48,8 @@ def test_every_file_format_reads_the_same_documents(tokenizer_path, tmp_path):
     (folder / "tx.txt").write_text("\n".join(DOCS) + "\n", encoding="utf-8")
     (folder / "cs.csv").write_text("text\n" + "".join(f'"{d}"\n' for d in DOCS), encoding="utf-8")
     pq.write_table(pa.table({"text": DOCS}), folder / "pq.parquet")
-    with pa.OSFile(str(folder / "ar.arrow"), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([("text", pa.string())])) as out:
+    schema = pa.schema([("text", pa.string())])
+    with pa.OSFile(str(folder / "ar.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
         out.write_table(pa.table({"text": DOCS}))
     root = build(read_sources([str(folder)]), tokenizer_path, tmp_path / "out")  # a directory of <lang>.<ext>
     manifest = read_manifest(root)
@@ -98,7 +99,8 @@ def test_remote_urls_read_like_local_files(tokenizer_path, tmp_path):
     same = build(read_sources([str(local)]), tokenizer_path, tmp_path / "same")
     assert read_manifest(remote)["fingerprint"] == read_manifest(same)["fingerprint"]
     globbed = read_sources(["en=memory://remote-corpus/*.jsonl"])
-    assert [s.location for s in globbed.inputs] == ["memory:///remote-corpus/de.jsonl", "memory:///remote-corpus/en.jsonl"]
+    assert [s.location for s in globbed.inputs] == ["memory:///remote-corpus/de.jsonl",
+                                                    "memory:///remote-corpus/en.jsonl"]
     before = read_sources(["memory://remote-corpus"]).inputs
     memory.pipe("/remote-corpus/en.jsonl", jsonl(DOCS).encode())  # replaced upstream: a new identity, redone
     after = read_sources(["memory://remote-corpus"]).inputs
@@ -116,7 +118,8 @@ def test_a_saved_dataset_directory_is_an_input(tokenizer_path, tmp_path):
     datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(tmp_path / "saved"), num_shards=2)
     plan = read_sources([f"ru={tmp_path / 'saved'}"])
     assert [s.builder for s in plan.inputs] == ["arrow", "arrow"]
-    assert stored_texts(build(plan, tokenizer_path, tmp_path / "out"), "ru") == [unicodedata.normalize("NFC", d) for d in DOCS]
+    expected = [unicodedata.normalize("NFC", d) for d in DOCS]
+    assert stored_texts(build(plan, tokenizer_path, tmp_path / "out"), "ru") == expected
     with pytest.raises(ValueError, match=r"saved' names no language: write LANG="):
         read_sources([str(tmp_path / "saved")])  # its state.json is not a language
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS})}).save_to_disk(str(tmp_path / "dict"))

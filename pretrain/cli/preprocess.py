@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="how a chat turn is rendered into the prompt ({role}, {content})")
     instruct.add_argument("--turns", default=defaults.turns, choices=TURNS,
                           help="chats: one sample per assistant turn, or the last reply only")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer.json (see `python -m pretrain tokenizer`)")
+    parser.add_argument("--tokenizer", required=True,
+                        help="a tokenizer.json (see `python -m pretrain tokenizer`) or a local transformers "
+                             "tokenizer directory (its fast tokenizer)")
     parser.add_argument("--output", required=True, help="output directory (manifest.json + shards)")
     parser.add_argument("--shard-documents", type=int, default=DEFAULT_SHARD_DOCUMENTS,
                         help="input rows per shard (shards are the unit a re-run skips)")
@@ -65,7 +67,7 @@ def _summary(root: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if not args.input and not args.instruct:
-        raise SystemExit("preprocess: give at least one --input [LANG=]LOCATION or --instruct NAME=LOCATION")
+        raise ValueError("give at least one --input [LANG=]LOCATION or --instruct NAME=LOCATION")
     if args.num_proc and args.num_proc > 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # worker processes must not share Rust thread pools
     instruction = InstructionFormat(prompt_fields=tuple(args.prompt_fields or InstructionFormat().prompt_fields),

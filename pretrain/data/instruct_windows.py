@@ -58,7 +58,8 @@ class InstructionWindows:
                         "skipped", store.lang, self.too_long, len(doc_ids), raw_len)
         records = doc_ids[fits]
         if shuffle:
-            records = records[np.random.default_rng([seed, language_seed(store.lang), PACK_SALT]).permutation(len(records))]
+            rng = np.random.default_rng([seed, language_seed(store.lang), PACK_SALT])
+            records = records[rng.permutation(len(records))]
         self.store, self.records, self.seed, self.special, self.shuffle = store, records, seed, special, shuffle
         self.starts = pack(store.doc_lengths[records] + FRAME + SPAN_TOKENS, raw_len)
         self.samples_per_epoch = len(self.starts) - 1
@@ -72,7 +73,8 @@ class InstructionWindows:
         e, position = divmod(k, self.samples_per_epoch)
         if e not in self._orders:
             rng = np.random.default_rng([self.seed, language_seed(self.store.lang), e])
-            self._orders[e] = rng.permutation(self.samples_per_epoch) if self.shuffle else np.arange(self.samples_per_epoch)
+            count = self.samples_per_epoch
+            self._orders[e] = rng.permutation(count) if self.shuffle else np.arange(count)
             if len(self._orders) > EPOCHS_KEPT:
                 self._orders.popitem(last=False)
         w = int(self._orders[e][position])

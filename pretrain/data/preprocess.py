@@ -29,8 +29,10 @@ from pretrain.data.instruct import encode_pairs, record_pairs
 from pretrain.data.megatron import MegatronDataset
 from pretrain.data.shards import ShardWriter, finished, hash_file, write_subset
 from pretrain.data.sources import Input, Plan, SourceOptions, digest, read_rows, text_rows
-from pretrain.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, shard_files, token_dtype
-from pretrain.data.tokenizer import atomic_write, file_sha256, load_tokenizer, resolve_special_tokens
+from pretrain.data.store import (FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, open_store, shard_files,
+                                 token_dtype)
+from pretrain.data.tokenizer import (atomic_write, file_sha256, load_tokenizer, resolve_special_tokens,
+                                     tokenizer_fingerprint)
 
 DEFAULT_SHARD_DOCUMENTS = 1_000_000
 RECORDS = ".inputs"
@@ -49,11 +51,15 @@ class Setup:
             raise ValueError(f"shard_documents={shard_documents} must be >= 1")
         root.mkdir(parents=True, exist_ok=True)
         tokenizer = load_tokenizer(tokenizer_path)
-        given = Path(tokenizer_path).read_bytes()
+        self.tokenizer_path = str(tokenizer_path)
+        # a transformers tokenizer directory is stored as its fast backend's tokenizer.json
+        given = (tokenizer.to_str(pretty=True).encode("utf-8") if Path(tokenizer_path).is_dir()
+                 else Path(tokenizer_path).read_bytes())
         if not (root / TOKENIZER).is_file() or (root / TOKENIZER).read_bytes() != given:
             atomic_write(root / TOKENIZER, given)
         self.root, self.shard_documents, self.options = root, shard_documents, options
         self.tokenizer_sha = file_sha256(root / TOKENIZER)
+        self.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
         self.vocab_size = tokenizer.get_vocab_size()
         self.dtype = token_dtype(self.vocab_size)
         self.special = resolve_special_tokens(tokenizer)  # eos: Megatron documents' own end token is dropped
@@ -176,7 +182,8 @@ def process_input(source: Input, setup: Setup) -> dict:
     key = setup.input_key(source)
     record = _load_record(setup, source)
     if record is not None and record["key"] == key and all(
-            finished(setup.root, e, m["name"], m["key"], setup.dtype) for e, ms in record["entries"].items() for m in ms):
+            finished(setup.root, entry, meta["name"], meta["key"], setup.dtype)
+            for entry, metas in record["entries"].items() for meta in metas):
         return record
     # what an interrupted run of this input left (only its own: other nodes may be writing beside it)
     for stale in [*setup.root.glob(f"{source.entry or '*'}/.{shard_prefix(source)}*.tmp*"),
@@ -191,6 +198,7 @@ def process_input(source: Input, setup: Setup) -> dict:
         for i, (lang, (chunk, _)) in enumerate(zip(langs, routes)):
             series[lang].add_row(chunk, encoded.get(i))
     record = {"key": key, "location": source.location, "kind": source.kind, "empty_file": empty_file,
+              "tokenizer_fingerprint": setup.tokenizer_fingerprint,
               "entries": {lang: s.close() for lang, s in sorted(series.items())}}
     setup.record_path(source).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(setup.record_path(source), json.dumps(record, indent=1, ensure_ascii=False).encode())
@@ -226,6 +234,16 @@ def _missing_message(plan: Sequence[Input], missing: list[int], num_nodes: int) 
             f"tokenizer and --shard-documents), then finalize again")
 
 
+def _check_tokenizer(stale: list[dict | None], setup: Setup) -> None:
+    """Records made with another tokenizer: name both, not just 'missing'."""
+    other = next((r for r in stale if r and r.get("tokenizer_fingerprint") != setup.tokenizer_fingerprint), None)
+    if other is not None:
+        raise IncompleteDataError(
+            f"input {other['location']} was tokenized with tokenizer fingerprint {other.get('tokenizer_fingerprint')}, "
+            f"but --tokenizer {setup.tokenizer_path} has fingerprint {setup.tokenizer_fingerprint}; give every node "
+            f"and finalize the same --tokenizer (or re-run the nodes with this one)")
+
+
 def _duplicates(setup: Setup, entry: str, shards: list[dict]) -> list[np.ndarray]:
     """Per shard, a mask of the documents that repeat an earlier one of the entry (exact token match)."""
     hashes = [np.load(hash_file(setup.root, entry, m["name"])) for m in shards]
@@ -251,7 +269,8 @@ def _entry_info(setup: Setup, entry: str, kind: str, shards: list[dict], empty_f
     kept = [m for m in final if m["n_docs"]]
     duplicates = int(sum(mask.sum() for mask in repeated))
     return {"kind": kind, "n_docs": sum(m["n_docs"] for m in kept), "n_tokens": sum(m["n_tokens"] for m in kept),
-            "n_chars": sum(m["n_chars"] for m in shards), "skipped_empty_documents": sum(m["skipped_empty"] for m in shards),
+            "n_chars": sum(m["n_chars"] for m in shards),
+            "skipped_empty_documents": sum(m["skipped_empty"] for m in shards),
             "duplicate_documents": duplicates, "dropped_duplicate_documents": duplicates if dedup else 0,
             "empty_files": empty_files, "shards": [{k: m[k] for k in MANIFEST_SHARD_KEYS if k in m} for m in kept]}
 
@@ -262,6 +281,7 @@ def finalize(plan: Plan, setup: Setup, *, dedup: bool = False, num_nodes: int = 
     records = [_load_record(setup, source) for source in inputs]
     missing = [i for i, (source, record) in enumerate(zip(inputs, records))
                if record is None or record["key"] != setup.input_key(source)]
+    _check_tokenizer([records[i] for i in missing], setup)
     if missing:
         raise IncompleteDataError(_missing_message(inputs, missing, num_nodes))
     entries: dict[str, dict] = {}
@@ -293,12 +313,14 @@ def finalize(plan: Plan, setup: Setup, *, dedup: bool = False, num_nodes: int = 
         raise ValueError(f"no language has any non-empty document (empty: {sorted(empty_languages)}); "
                          f"nothing to write to {setup.root}")
     manifest = {"version": FORMAT_VERSION, "tokenizer_sha256": setup.tokenizer_sha, "vocab_size": setup.vocab_size,
-                "dtype": setup.dtype.name, "special_tokens": setup.special.roles(),
+                "dtype": setup.dtype.name, "tokenizer_fingerprint": setup.tokenizer_fingerprint,
+                "special_tokens": setup.special.roles(),
                 "shard_documents": setup.shard_documents, "deduplicated": dedup,
                 "languages": languages, "empty_languages": empty_languages,
                 "empty_files_without_language": unlabelled_empty,
                 "fingerprint": data_fingerprint(setup.tokenizer_sha, languages)}
     atomic_write(setup.root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    open_store(setup.root)  # every shard hashed once more against the manifest, then recorded: training need not
     return setup.root
 
 

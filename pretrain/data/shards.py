@@ -106,7 +106,8 @@ def finished(root: Path, entry: str, name: str, key: str, dtype: np.dtype) -> di
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    sidecars = [idx_path, hash_file(root, entry, name)] + ([prompt_file(root, entry, name)] if "prompt_sha256" in meta else [])
+    sidecars = [idx_path, hash_file(root, entry, name), *([prompt_file(root, entry, name)]
+                                                          if "prompt_sha256" in meta else [])]
     intact = (meta.get("key") == key and bin_path.is_file() and all(p.is_file() for p in sidecars)
               and bin_path.stat().st_size == meta["n_tokens"] * dtype.itemsize)
     return meta if intact else None

@@ -84,8 +84,11 @@ def parse_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-def check_utf8(fs, path: str) -> None:
-    """Refuse invalid UTF-8 in a text file with the file and byte offset (datasets would say less)."""
+def check_file(fs, path: str) -> None:
+    """Refuse what datasets would report vaguely: invalid UTF-8 in a text file (file and byte offset), a
+    JSON Lines line that is blank, not JSON or not an object (file and line)."""
+    if path.endswith(".jsonl"):
+        return _check_jsonl(fs, path)
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with fs.open(path, "rb") as handle:
@@ -101,6 +104,30 @@ def check_utf8(fs, path: str) -> None:
         except UnicodeDecodeError:
             raise ValueError(f"input file {display(fs, path)} is not valid UTF-8: it ends inside a multi-byte "
                              f"character") from None
+
+
+def _check_jsonl(fs, path: str) -> None:
+    """One JSON object per line, UTF-8: a bad line is refused naming the file and the line."""
+    where, offset = display(fs, path), 0
+    with fs.open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"input file {where} is not valid UTF-8 at byte {offset + err.start} (line {number}): "
+                                 f"{raw[err.start:err.start + 8]!r}; re-encode it as UTF-8") from None
+            if not line.strip():
+                raise ValueError(f"input file {where}:{number} is blank; JSON Lines holds one JSON object per line: "
+                                 f"delete the blank line")
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"input file {where}:{number} is not valid JSON ({err}); fix or delete the "
+                                 f"line") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"input file {where}:{number} holds a JSON {type(value).__name__}, not an object "
+                                 f"with the record's columns; fix or delete the line")
+            offset += len(raw)
 
 
 def _files(fs, path: str, location: str) -> list[tuple[str, str]]:
@@ -200,7 +227,8 @@ def _options_key(entry: str | None, kind: str, builder: str, options: SourceOpti
     reading = {"sample_by": options.sample_by} if builder == "text" else {}
     if kind == "instruction":
         return {**reading, "instruction": options.instruction.describe()}
-    return {**reading, "text_column": options.text_column, **({"lang_column": options.lang_column} if entry is None else {})}
+    columns = {"text_column": options.text_column, **({"lang_column": options.lang_column} if entry is None else {})}
+    return {**reading, **columns}
 
 
 def _input(entry: str | None, kind: str, ordinal: int, location: str, builder: str,
@@ -234,7 +262,8 @@ def read_sources(specs: list[str], *, instruct: list[str] = (), options: SourceO
                     raise ValueError(f"entry {name!r} is both a language and an instruction source; rename one")
                 if any(location == known[1] for known in groups.get(name, [])):
                     raise ValueError(f"input {location} is listed twice for {name!r}")
-                groups.setdefault(name, []).append((entry, location, builder, "megatron" if builder == "megatron" else kind))
+                source_kind = "megatron" if builder == "megatron" else kind
+                groups.setdefault(name, []).append((entry, location, builder, source_kind))
     inputs = []
     for name in sorted(groups, key=lambda g: (g == COLUMN_GROUP, g)):
         inputs += [_input(entry, kind, ordinal, location, builder, options)
@@ -255,7 +284,7 @@ def read_rows(source: Input, options: SourceOptions, batch_size: int = 1000) -> 
     import datasets
     fs, path = filesystem(source.location, options.storage_options)
     if is_local(fs) and source.builder in ("json", "text", "csv") and not is_compressed(path):
-        check_utf8(fs, path)
+        check_file(fs, path)
     kwargs = {"sample_by": options.sample_by} if source.builder == "text" else {}
     try:
         stream = datasets.load_dataset(source.builder, data_files=[source.location], split="train", streaming=True,
