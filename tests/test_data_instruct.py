@@ -1,6 +1,7 @@
 """Instruction data: records -> (prompt, response) pairs, stored with prompt lengths, and an instruction entry
-of the mixture whose samples are whole records with ``TextSample.prompt_lengths``. The collator-side
-tests (layout, loss only on responses) run once the collator lays out prompt_lengths (branch ``obj``)."""
+of the mixture whose samples are whole records with ``TextSample.prompt_lengths``, laid out by the collator
+as prompt + [gMASK] (Part A) and the response as the Part-B block, loss on the response only, packed with
+pretraining rows in the same batches, each record its own segment (the isolation rules of packed text)."""
 import json
 import pickle
 
@@ -13,7 +14,8 @@ from pretrain.data.instruct_windows import SPAN_TOKENS, InstructionWindows
 from pretrain.data.preprocess import preprocess
 from pretrain.data.sources import read_sources
 from pretrain.data.store import open_store, read_manifest
-from pretrain.objectives import ObjectiveConfig, TextSample, raw_length
+from pretrain.objectives import ObjectiveConfig, raw_length
+from pretrain.objectives.stats import objective_stats
 from pretrain.tokens import SpecialTokens
 
 SEQ_LEN, G, SEED = 128, 8, 5
@@ -43,7 +45,8 @@ def test_records_map_to_prompt_response_pairs():
     alpaca = InstructionFormat(prompt_fields=("instruction", "input"), response_field="output")
     assert record_pairs({"instruction": "Add.", "input": "1 2", "output": "3"}, alpaca, "x") == [("Add.\n\n1 2", "3")]
     assert record_pairs({"instruction": "Hi.", "input": "", "output": "Hello."}, alpaca, "x") == [("Hi.", "Hello.")]
-    assert record_pairs(EMPTY, fmt, "x") == [] and record_pairs({"messages": [{"role": "user", "content": "?"}]}, fmt, "x") == []
+    assert record_pairs(EMPTY, fmt, "x") == []
+    assert record_pairs({"messages": [{"role": "user", "content": "?"}]}, fmt, "x") == []
     with pytest.raises(ValueError, match=r"data.jsonl row 7: an instruction record needs 'messages' \(chat\) or "
                                          r"\['prompt'\] \+ 'response' fields, found \['question'\]"):
         record_pairs({"question": "?"}, fmt, "data.jsonl row 7")
@@ -83,10 +86,10 @@ def test_instruction_records_are_stored_with_their_prompt_lengths(data):
     assert source.store.languages["en"].prompt_lengths is None
 
 
-def loader(data, **changes):
+def loader(data, collator=lambda samples: samples, **changes):
     cfg = DataConfig(path=str(data), cache_dir=str(data / "cache"), num_workers=0, eval_documents=2,
                      weights={"sft": 0.25}, **changes)
-    return build_loader(cfg, lambda samples: samples, seq_len=SEQ_LEN, raw_len=raw_length(ObjectiveConfig(), SEQ_LEN),
+    return build_loader(cfg, collator, seq_len=SEQ_LEN, raw_len=raw_length(ObjectiveConfig(), SEQ_LEN),
                         global_batch_size=G, micro_batch_size=G, dp_rank=0, dp_size=1, seed=SEED)
 
 
@@ -129,35 +132,19 @@ def test_instruction_windows_are_deterministic_and_refuse_records_that_never_fit
         InstructionWindows(store, np.arange(2), 12, SEED, SpecialTokens(), shuffle=True)
 
 
-def _collator_lays_out_instructions() -> bool:
-    from pretrain.objectives import GLMCollator
-    sample = TextSample(0, [np.array([2, 10, 11, 12, 13, 1])], prompt_lengths=[3])
-    try:
-        GLMCollator(ObjectiveConfig(), SpecialTokens(), 32, 0, 1).build([sample])
-    except ValueError as err:
-        if "instruction sample" in str(err):
-            return False
-        raise
-    return True
-
-
-needs_obj = pytest.mark.skipif(not _collator_lays_out_instructions(),
-                               reason="the collator refuses prompt_lengths until branch obj lands; the lead removes "
-                                      "this skip at merge")
-
-
-@needs_obj
 def test_collated_instruction_rows_reconstruct_records_with_loss_only_on_responses(data):
     train = loader(data)
     source = open_data(DataConfig(path=str(data)))
-    collator = glm_collator(source, ObjectiveConfig(strategy="glm-10b"), seq_len=SEQ_LEN, seed=SEED, global_batch_size=G)
-    special = source.special
+    collator = glm_collator(source, ObjectiveConfig(strategy="glm-10b"), seq_len=SEQ_LEN, seed=SEED,
+                            global_batch_size=G)
+    special, instruction = source.special, collator.strategy_names.index("instruction")
     samples = [train.dataset[g] for g in range(4 * G)]
     batch = {k: v.numpy() for k, v in collator(samples).items()}
     instruction_rows = 0
     for row, sample in enumerate(samples):
-        if sample.prompt_lengths is None:
-            assert batch["loss_mask"][row].sum() > 0  # pretraining rows are laid out as before
+        strategies = batch["strategy_ids"][row]
+        if sample.prompt_lengths is None:  # pretraining rows keep the row's own strategy
+            assert not (strategies == instruction).any()
             continue
         instruction_rows += 1
         segments = batch["segment_ids"][row]
@@ -167,12 +154,23 @@ def test_collated_instruction_rows_reconstruct_records_with_loss_only_on_respons
         assert len(order) == len(sample.documents)
         for segment, piece, k in zip(order, sample.documents, sample.prompt_lengths):
             here = segments == segment
+            assert (strategies[here] == instruction).all()  # its own strategy in per-strategy losses
             assert np.array_equal(ids[here & part_a], np.append(piece[:k], special.gmask))  # prompt + [gMASK]
             assert not (loss & here & part_a).any()
             assert np.array_equal(targets[here & loss], np.append(piece[k:], special.eop))  # the response, all of it
             assert np.array_equal(ids[here & ~part_a], np.append(special.sop, piece[k:]))
         assert loss.sum() == sum(len(p) - k + 1 for p, k in zip(sample.documents, sample.prompt_lengths))
     assert instruction_rows > 0
+    groups = {(g["strategy"], g["language"]): g["rows"] for g in objective_stats(collator, samples)["groups"]}
+    assert groups[("instruction", "sft")] == instruction_rows  # inspect --stats counts them as instruction rows
+    assert not any(strategy not in ("instruction", "all") and language == "sft" for strategy, language in groups)
+    # the trainer's per-source losses (source_loss/<name>): rows of the instruction entry are its source
+    real = loader(data, collator)
+    batch = next(iter(real))
+    from_sft = batch["source_ids"] == real.languages.index("sft")
+    used = batch["segment_ids"] >= 0
+    assert from_sft.any() and (batch["strategy_ids"][from_sft][used[from_sft]] == instruction).all()
+    assert not (batch["strategy_ids"][~from_sft] == instruction).any()
 
 
 def test_a_damaged_prompt_file_is_refused_naming_it(data, tmp_path):
@@ -185,8 +183,8 @@ def test_a_damaged_prompt_file_is_refused_naming_it(data, tmp_path):
     np.save(path, prompts)
     with pytest.raises(CorruptDataError, match=r"sft/shard-00000-00000.prompt.npy does not match its sha256"):
         open_store(copy)
-    with pytest.raises(CorruptDataError, match=r"prompt.npy: prompt lengths do not fit the \d+ documents"):
-        open_store(copy, verify_checksums=False)  # sizes and ranges are checked even without hashing
+    with pytest.raises(CorruptDataError, match=r"prompt.npy does not match its sha256"):
+        open_store(copy, verify_checksums=False)  # hashed at every start, like the .idx (4 bytes a document)
     path.unlink()
     with pytest.raises(CorruptDataError, match=r"prompt.npy listed in .*manifest.json is missing"):
         open_store(copy, verify_checksums=False)
