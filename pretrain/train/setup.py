@@ -125,18 +125,19 @@ def build_setup(cfg: Config) -> Setup:
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
-    def loader(split: str, objective):
+    def loader(split: str, objective, seed: int):
         """(collator, loader): the objective fixes both the masks and the raw window length."""
-        collator = glm_collator(source, objective, seq_len=train.seq_len, seed=train.seed,
+        collator = glm_collator(source, objective, seq_len=train.seq_len, seed=seed,
                                 global_batch_size=train.global_batch_size)
         return collator, build_loader(cfg.data, collator, seq_len=train.seq_len,
                                       raw_len=raw_length(objective, train.seq_len),
                                       global_batch_size=train.global_batch_size,
                                       micro_batch_size=train.micro_batch_size, dp_rank=dp_rank, dp_size=dims.dp,
-                                      seed=train.seed, split=split, source=source)
+                                      seed=seed, split=split, source=source)
 
-    collator, train_loader = loader("train", cfg.objective)
-    eval_collator, eval_loader = loader("valid", cfg.eval_objective()) if cfg.eval.interval else (collator, None)
+    collator, train_loader = loader("train", cfg.objective, train.seed)
+    eval_collator, eval_loader = loader("valid", cfg.eval_objective(), cfg.eval.seed) if cfg.eval.interval \
+        else (collator, None)
 
     model_cfg = cfg.model.resolve(vocab_size=train_loader.vocab_size)
     if model_cfg.vocab_size < train_loader.vocab_size:
