@@ -2,8 +2,9 @@
 
 Per call (``plan``): choose each row's strategy (per global batch or per sample), draw every
 document's spans with its row's strategy (an instruction document, one with a prompt length, gets one
-[gMASK] span over its response whatever the strategy), drop the last spans of a row that would not
-fit, draw the Part-B orders; then (``lay_out``) lay everything out with ``infill.layout_rows``. All
+[gMASK] span over its response whatever the strategy; [gMASK] blocks prolong the text's positions
+only under objective.gmask_positions=continue), drop the last spans of a row that would not fit,
+draw the Part-B orders; then (``lay_out``) lay everything out with ``infill.layout_rows``. All
 randomness is keyed by (seed, sample id) (``rng``), so a row is the same whatever batch, rank, worker
 or resume it is built in.
 """

@@ -34,11 +34,11 @@ class ObjectiveSwitches:
     shuffle_order: bool = True
     # Block positions 1..len+1 inside each Part-B block (GLM), or all 1 (ablation).
     block_positions: bool = True
-    # First positions of a [gMASK] block (document suffix or infill, causal, prefix_lm, UL2's S,
-    # instruction responses): "mask": every token at its [gMASK]'s position (GLM's 2-D scheme);
-    # "continue": they prolong the text, sop at the [gMASK]'s position + 1, then + 2, ... (GLM-130B
-    # with 1-D RoPE); "auto": continue for a model with rope_1d positions, else mask. Set auto (or
-    # continue) for rope_1d models; the default keeps runs that predate the switch as they trained.
+    # First positions of a [gMASK] block (document suffix or infill, causal, prefix_lm, UL2's S, FIM's
+    # plain documents, instruction responses): "mask": every token at its [gMASK]'s position (GLM's
+    # 2-D scheme); "continue": they prolong the text, sop at the [gMASK]'s position + 1, then + 2, ...
+    # (GLM-130B with 1-D RoPE); "auto": continue for a model with rope_1d positions, else mask. Other
+    # blocks stay at their mask. Set auto for rope_1d models; the default keeps older runs as trained.
     gmask_positions: Literal["auto", "mask", "continue"] = "mask"
     # "packed": each document is its own segment (no cross-document attention); "legacy": the whole
     # row is one GLM sample (one segment, as the original GLM).
