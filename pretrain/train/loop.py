@@ -288,7 +288,7 @@ class Trainer:
                     weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]
                 _add_losses(weighted, batch, strategies, sources)
                 progress.update()
-            if self.cfg.eval.downstream:  # not under pp or cp (validate_topology)
+            if self.cfg.eval.downstream and s.dims.cp == 1:  # not under pp or cp (validate_topology warns)
                 downstream = downstream_metrics(self.cfg, s, self.engine.model)
             self.engine.model.train()
         progress.close()

@@ -57,9 +57,9 @@ def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
         raise ConfigError("train.init_device=meta needs parallel.engine=torch (the deepspeed engine takes a "
                           "materialized model); set parallel.engine=torch or train.init_device=full")
     if cfg.eval.downstream and (parallel.pp > 1 or parallel.cp > 1):
-        raise ConfigError(f"eval.downstream scores with the whole model on whole rows, which parallel.pp="
-                          f"{parallel.pp} / parallel.cp={parallel.cp} split; set eval.downstream=false (the held-out "
-                          f"loss is still measured) or evaluate the run's checkpoint with pp=cp=1")
+        logger.warning("eval.downstream is skipped: it scores with the whole model on whole rows, which parallel.pp="
+                       "%d / parallel.cp=%d split (the held-out loss is still measured); score the run's checkpoint "
+                       "with pp=cp=1 instead", parallel.pp, parallel.cp)
     if train.init_from and train.init_device == "meta" and parallel.pp > 1:
         raise ConfigError("train.init_from with train.init_device=meta loads rank 0's weights into one model, not "
                           "into pipeline stages; set train.init_device=full (the weights are loaded before the split)")
