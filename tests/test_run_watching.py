@@ -11,7 +11,6 @@ import torch
 from pretrain.config import ConfigError
 from pretrain.train import metrics
 from pretrain.train.metrics import ETA, console_line, duration, peak_tflops_of, si
-from tests.test_train_units import trainer_factory  # noqa: F401  (fixture)
 
 
 def test_console_line_shows_progress_tokens_and_eta():

@@ -3,6 +3,7 @@ loss pieces, metrics helpers, checkpoint bookkeeping, and the NaN-skip / keep-K 
 Trainer on a one-process gloo group."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -152,26 +153,7 @@ def test_latest_checkpoint_ignores_partial_and_incomplete(tmp_path):
     assert checkpoint.latest_checkpoint(tmp_path / "missing") is None
 
 
-# --- a real Trainer on a one-process group ---------------------------------------------------------
-@pytest.fixture
-def trainer_factory(tmp_path_factory, single_process_env):
-    from pretrain.data.corpus import prepare_embedded_corpus
-    cache = tmp_path_factory.getbasetemp() / "train-corpus"  # shared with test_train_distributed.py
-    prepare_embedded_corpus(cache)
-
-    def make(run_dir: Path, *overrides: str):
-        from pretrain.train.loop import Trainer
-        cfg = load_config(SMOKE, ["parallel.tp=1", "train.seq_len=64", "train.global_batch_size=4",
-                                  "train.micro_batch_size=2", "eval.interval=0", "metrics.tensorboard=false",
-                                  "data.corpus=embedded", f"data.cache_dir={cache}", "data.num_workers=0", f"run.dir={run_dir}",
-                                  *overrides])
-        return Trainer(cfg)
-
-    yield make
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
+# --- a real Trainer on a one-process group (trainer_factory: conftest.py) ------------------------
 def test_nonfinite_steps_are_skipped_then_stop_the_run(trainer_factory, tmp_path, monkeypatch):
     from pretrain.train import loop
     trainer = trainer_factory(tmp_path, "train.max_consecutive_nonfinite=2", "metrics.peak_tflops=0.5")
@@ -203,7 +185,8 @@ def test_shipped_run_configs_load(path):
 def test_checkpoint_from_another_engine_is_refused_with_a_fix(trainer_factory, tmp_path):
     saved = tmp_path / "checkpoints" / "step_00000003"
     saved.mkdir(parents=True)
-    torch.save({"topology": {"engine": "deepspeed", "tp": 2, "dp": 1}}, saved / checkpoint.TRAINER_STATE)
-    (saved / checkpoint.COMPLETE).touch()
+    state = {"step": 3, "loader": {}, "topology": {"engine": "deepspeed", "tp": 2, "dp": 1}}
+    (saved / checkpoint.TRAINER_STATE).write_text(json.dumps(state))
+    (saved / checkpoint.COMPLETE).write_text(json.dumps({"step": 3, "files": {}}))
     with pytest.raises(ConfigError, match="written by the deepspeed engine with tp=2, dp=1.*resume with that layout"):
         trainer_factory(tmp_path)

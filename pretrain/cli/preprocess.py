@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if not args.input:
-        raise SystemExit("preprocess: give at least one --input [LANG=]PATH")
+        raise ValueError("give at least one --input [LANG=]PATH")
     if args.num_proc and args.num_proc > 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked workers must not share Rust thread pools
     sources = read_sources(args.input, text_column=args.text_column, lang_column=args.lang_column,

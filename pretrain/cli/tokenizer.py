@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     if args.embedded == bool(args.input):
-        raise SystemExit("tokenizer train: give either --embedded or --input files, not both or neither")
+        raise ValueError("tokenizer train: give either --embedded or --input files, not both or neither")
     if args.embedded:
         texts = embedded_documents()
     else:

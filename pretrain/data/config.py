@@ -29,7 +29,8 @@ class DataConfig:
     blend_block: int = 8192
     # Documents per language held out from training and used by split="valid".
     eval_documents: int = 4
-    # Hash every shard against the manifest when the loader opens the data (sizes are always checked).
+    # Hash each shard's tokens against the manifest once (recorded in <path>/verified.json, or under
+    # cache_dir/verified when path is read-only); sizes and the small offset files are checked at every start.
     verify_checksums: bool = True
     embedded_vocab_size: int = 2048  # BPE vocabulary of the embedded corpus's tokenizer
     # Role -> token string, for a tokenizer that names a special token differently (e.g. {cls: "<s>"});

@@ -18,7 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pretrain.data.sources import LanguageSource
-from pretrain.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, shard_files, token_dtype
+from pretrain.data.store import (FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, open_store, shard_files,
+                                 token_dtype)
 from pretrain.data.tokenizer import (atomic_write, file_sha256, load_tokenizer, resolve_special_tokens, save_tokenizer,
                                      tokenizer_fingerprint)
 
@@ -147,4 +148,5 @@ def preprocess(sources: list[LanguageSource], tokenizer_path: str | Path, output
                 "languages": languages, "empty_languages": empty_languages,
                 "fingerprint": data_fingerprint(tokenizer_sha, languages)}
     atomic_write(root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    open_store(root)  # every shard hashed once more against the manifest, then recorded: training need not
     return root

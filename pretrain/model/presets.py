@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-from pretrain.config import ConfigError, from_dict
+from pretrain.config import ConfigError, coerce_fields, from_dict
 from pretrain.model.config import ModelConfig
 from pretrain.model.glm import GLMModel
 
@@ -109,6 +109,7 @@ class ModelSection:
         fields = {"vocab_size": padded, **self.fields}
         if self.preset is None:
             return from_dict(ModelConfig, fields, where)
+        fields = coerce_fields(ModelConfig, fields, where)  # the same type and finiteness checks as from_dict
         try:
             return model_config(self.preset, **fields)
         except (ValueError, TypeError) as err:

@@ -89,7 +89,7 @@ class DeepSpeedEngine:
         norm = self.engine.get_global_grad_norm()
         return math.nan if norm is None else float(norm)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, async_group=None) -> None:  # synchronous: DeepSpeed writes its own pickles
         self.engine.save_checkpoint(str(path), tag=_TAG, save_latest=False)
 
     def load(self, path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,6 +18,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from pretrain.parallel import safe_dcp
 from pretrain.parallel.clip import clip_grad_norm_
 
 if TYPE_CHECKING:
@@ -41,8 +43,9 @@ class Engine(Protocol):
     def step(self, lr: float, max_norm: float, skip: bool) -> float:
         """Clip and apply the update (unless ``skip`` or the norm is not finite); returns the global grad norm."""
 
-    def save(self, path: Path) -> None:
-        """Collective: write model and optimizer state under ``path``."""
+    def save(self, path: Path, async_group: dist.ProcessGroup | None = None) -> Future | None:
+        """Collective: write model and optimizer state under ``path``. An engine that can write in the
+        background does so with ``async_group`` (a gloo group) and returns the write's future."""
 
     def load(self, path: Path) -> None:
         """Collective: restore what ``save`` wrote."""
@@ -88,12 +91,17 @@ class TorchEngine:
             optim_state.update(part_optim)
         return {"model": model_state, "optim": optim_state}
 
-    def save(self, path: Path) -> None:
-        dcp.save(self._state(), checkpoint_id=path)
+    def save(self, path: Path, async_group: dist.ProcessGroup | None = None) -> Future | None:
+        """With ``async_group``: the state is copied to CPU memory now and written by a background thread
+        (DCP's async_save; its collectives run on that group, beside the training's)."""
+        if async_group is None:
+            dcp.save(self._state(), checkpoint_id=path)
+            return None
+        return dcp.async_save(self._state(), checkpoint_id=path, process_group=async_group)
 
     def load(self, path: Path) -> None:
         state = self._state()
-        dcp.load(state, checkpoint_id=path)
+        safe_dcp.load(state, path)  # no pickled object is built from the files; shapes checked first
         # each part takes its own keys from the merged dicts
         options = _OPTIONS if len(self.parts) == 1 else dataclasses.replace(_OPTIONS, strict=False)
         for part, optimizer in zip(self.parts, self.optimizers):

@@ -12,6 +12,7 @@ from pathlib import Path
 from pretrain.config import to_dict
 from pretrain.train.ablation_stats import LEVEL, Difference, Estimate, difference, estimate
 from pretrain.train.config import Config
+from pretrain.train.metrics import read_jsonl
 
 # ObjectiveConfig fields (dotted) that change how a yardstick sample is encoded for the model, not which
 # tokens are masked and predicted: a variant may set them in eval.objective and stay comparable.
@@ -39,14 +40,9 @@ class RunResult:
     curve: list[tuple[int, float, float]]  # (step, tokens seen, eval/loss) at every evaluation
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def read_run(run_dir: Path, seed: int, wall_s: float) -> RunResult:
     """Final train loss, the last evaluation (overall, per strategy, downstream), median tokens/s, wall time."""
-    records = read_metrics(run_dir)
+    records = read_jsonl(run_dir / "metrics.jsonl")  # a line torn by a crash mid-write is dropped
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval/loss" in r]
     last_eval = evals[-1] if evals else {}

@@ -59,14 +59,24 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class CheckpointConfig:
-    interval: int = 0  # save every N steps (0: only at the end and on SIGTERM)
+    interval: int = 0  # save every N steps (0: only at the end and on SIGTERM/SIGUSR1)
     keep: int = 3  # complete checkpoints kept (oldest deleted first)
     dir: str | None = None  # default: <run.dir>/checkpoints
-    resume: bool = True  # continue from the latest complete checkpoint in dir, if any
+    # latest: continue from the newest complete checkpoint in dir, if any; a step number: from that one;
+    # none: start over. Checkpoints newer than the one resumed from are moved to <dir>/abandoned/.
+    resume_from: int | typing.Literal["latest", "none"] = "latest"
+    # When the latest checkpoint cannot be read (truncated, edited, saved in a NaN streak), resume from
+    # the newest one that can instead of stopping with a message that names both.
+    fallback_to_previous: bool = False
+    # Torch engine: write checkpoints from a background thread while training goes on (the next save
+    # waits for the last); false: every rank waits for its files.
+    async_save: bool = True
 
     def validate(self) -> None:
         if self.interval < 0 or self.keep < 1:
             raise ValueError(f"need interval >= 0 and keep >= 1, got interval={self.interval}, keep={self.keep}")
+        if isinstance(self.resume_from, int) and self.resume_from < 0:
+            raise ValueError(f"resume_from={self.resume_from} must be a step >= 0, latest or none")
 
 
 @dataclasses.dataclass

@@ -111,7 +111,7 @@ def initial_weights(run: Config, cfg: ModelConfig, tokenizer: Tokenizer) -> dict
     (never a rank left waiting)."""
     if run.train.init_from is None:
         return None
-    if run.checkpoint.resume and latest_checkpoint(run.checkpoint_dir()) is not None:
+    if run.checkpoint.resume_from != "none" and latest_checkpoint(run.checkpoint_dir()) is not None:
         logger.info("init_from: ignored, the run resumes from its own checkpoint in %s", run.checkpoint_dir())
         return None
     source = open_source(run.train.init_from)

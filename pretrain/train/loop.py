@@ -15,7 +15,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -31,10 +30,13 @@ from pretrain.model.flops import batch_flops
 from pretrain.parallel.context import shard_rows
 from pretrain.train import checkpoint
 from pretrain.train.downstream import downstream_metrics
+from pretrain.train.agreement import any_rank
 from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
 from pretrain.train.metrics import ETA, MetricsWriter, max_memory_gib, peak_tflops, print_line
 from pretrain.train.optim import lr_factor
 from pretrain.train.config import Config
+from pretrain.train.preemption import StopSignals
+from pretrain.train.preflight import preflight
 from pretrain.train.setup import Setup, build_setup
 
 logger = logging.getLogger(__name__)
@@ -44,12 +46,15 @@ _MODEL_INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN/inf loss or gradient norm."""
+    user_error = True  # one line, exit 2 (pretrain/cli/_errors.py)
 
 
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.s: Setup = build_setup(cfg)  # validates the topology before any heavy work
+        self.run_lock = None
+        # validates the topology, then (preflight) the run and checkpoint dirs and the run lock, before any heavy work
+        self.s: Setup = build_setup(cfg, preflight=self._preflight)
         s = self.s
         self.engine = s.engine
         self.step = 0
@@ -57,7 +62,10 @@ class Trainer:
         self.nonfinite_skipped = 0
         self.consecutive_nonfinite = 0
         self.ckpt_root = cfg.checkpoint_dir()
-        self.stop_requested = False
+        self.checkpointer = checkpoint.Checkpointer(self.ckpt_root, self.engine, cfg.checkpoint.keep,
+                                                    cfg.checkpoint.async_save)
+        if s.rank == 0:
+            logger.info("%s", s.loader.describe())
         self._resume()
         self.metrics = MetricsWriter(Path(cfg.run.dir), s.rank == 0, cfg.metrics.tensorboard, self.step,
                                      wandb=cfg.metrics.wandb, run_config=cfg.to_dict())
@@ -68,38 +76,55 @@ class Trainer:
     # ----------------------------------------------------------------------------- state
     def trainer_state(self) -> dict:
         return {"step": self.step, "loader": self.s.loader.state_dict(), "tokens_seen": self.tokens_seen,
-                "nonfinite_skipped": self.nonfinite_skipped,
-                "consecutive_nonfinite": self.consecutive_nonfinite, "topology": self._topology()}
+                "nonfinite_skipped": self.nonfinite_skipped, "consecutive_nonfinite": self.consecutive_nonfinite,
+                "topology": self._topology(), "vocabulary": self._vocabulary()}
 
     def _topology(self) -> dict:
         return {"engine": self.engine.name, "tp": self.s.dims.tp, "dp": self.s.dims.dp}
 
+    def _vocabulary(self) -> dict:
+        return {"size": self.s.model_cfg.vocab_size, "special_tokens": self.s.data.special.roles()}
+
+    def _preflight(self) -> None:
+        self.run_lock = preflight(self.cfg)
+
     def _resume(self) -> None:
-        if self.s.rank == 0:
-            checkpoint.remove_partial(self.ckpt_root)
-        dist.barrier()
-        latest = checkpoint.latest_checkpoint(self.ckpt_root) if self.cfg.checkpoint.resume else None
-        if latest is None:
-            return
-        if not (latest / checkpoint.TRAINER_STATE).is_file():
-            raise ConfigError(f"{latest} holds weights only (an import-hf run directory) and cannot be resumed; "
-                              f"train from it with train.init_from=<that run directory> and a new run.dir")
-        state = checkpoint.trainer_state(latest)
+        ckpt = self.cfg.checkpoint
+        resumed = checkpoint.resume(self.ckpt_root, ckpt.resume_from, ckpt.fallback_to_previous, self._restore)
+        self.checkpointer.saved_step = self.step if resumed else None
+        if resumed:
+            logger.info("resumed from %s at step %d", resumed, self.step)
+
+    def _restore(self, path: Path, state: dict) -> None:
+        """Refuse a checkpoint of another layout, vocabulary or data stream (before any weight is read),
+        then load it."""
         saved = state["topology"]
         if saved["engine"] != self.engine.name or (not self.engine.reshardable and saved != self._topology()):
-            raise ConfigError(f"{latest} was written by the {saved['engine']} engine with tp={saved['tp']}, "
+            raise ConfigError(f"{path} was written by the {saved['engine']} engine with tp={saved['tp']}, "
                               f"dp={saved['dp']}; this run is {self._topology()}. The {self.engine.name} engine "
                               f"cannot reshard it: resume with that layout (or use a new checkpoint.dir)")
+        vocabulary = state.get("vocabulary", self._vocabulary())
+        if vocabulary != self._vocabulary():
+            raise ConfigError(f"{path} was trained with a vocabulary of {vocabulary['size']} (special tokens "
+                              f"{vocabulary['special_tokens']}); this run has {self._vocabulary()['size']} "
+                              f"({self._vocabulary()['special_tokens']}): the tokenizer/data changed. Resume with "
+                              f"the tokenizer, data.special_tokens and objective it was trained with, or start a "
+                              f"new run.dir")
         self.s.loader.load_state_dict(state["loader"])  # names a data or tokenizer change before the weights do
-        checkpoint.load(latest, self.engine)
+        checkpoint.load(path, self.engine)
         self.step = state["step"]
         self.tokens_seen = state.get("tokens_seen", 0)  # informational; absent in checkpoints before it existed
         self.nonfinite_skipped = state["nonfinite_skipped"]
         self.consecutive_nonfinite = state["consecutive_nonfinite"]
-        logger.info("resumed from %s at step %d", latest, self.step)
 
-    def save(self) -> None:
-        checkpoint.save(self.ckpt_root, self.step, self.engine, self.trainer_state(), self.cfg.checkpoint.keep)
+    def save(self, wait: bool = False) -> None:
+        """Collective. Skipped inside a non-finite streak: the updates were skipped, so the last checkpoint
+        (or the next one) holds these weights, and resuming must not start inside the streak."""
+        if self.consecutive_nonfinite:
+            logger.warning("step %d: not saving inside a streak of %d non-finite steps", self.step,
+                           self.consecutive_nonfinite)
+            return
+        self.checkpointer.save(self.step, self.trainer_state(), wait=wait)
 
     def _write_resolved_config(self) -> None:
         """config.yaml (with the resolved model and special tokens) and the tokenizer in use: what
@@ -114,9 +139,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- loop
     def train(self) -> int:
-        """Train to max_steps (or until SIGTERM); returns the last completed step."""
+        """Train to max_steps, or until a stop signal (preemption.py: SIGTERM/SIGUSR1 to any rank or to
+        torchrun) makes every rank save and return; returns the last completed step."""
         cfg, s = self.cfg, self.s
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        stop_signals = StopSignals().install()
         batches = iter(s.loader)
         eta = ETA(cfg.train.max_steps)
         try:
@@ -130,18 +156,22 @@ class Trainer:
                     self.metrics.log(record)
                     if s.rank == 0:
                         print_line(record, cfg.train.max_steps)
-                stop = self._agree_to_stop()
+                stop = self._step_boundary(stop_signals)
                 if stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
-                    self.save()
+                    self.save(wait=stop)
                 if stop:
-                    logger.warning("SIGTERM: saved step %d, exiting", self.step)
+                    logger.warning("stop signal (%s): saved step %d, exiting",
+                                   stop_signals.received or "on another rank", self.step)
                     return self.step
-            if checkpoint.latest_checkpoint(self.ckpt_root) != checkpoint.step_dir(self.ckpt_root, self.step):
-                self.save()
+            if self.checkpointer.saved_step != self.step:
+                self.save(wait=True)
             return self.step
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            stop_signals.restore()
+            self.checkpointer.close()
             self.metrics.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     def train_step(self, batches) -> dict:
         cfg, s = self.cfg, self.s
@@ -259,7 +289,7 @@ class Trainer:
                     weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]
                 _add_losses(weighted, batch, strategies, sources)
                 progress.update()
-            if self.cfg.eval.downstream:  # not under pp or cp (validate_topology)
+            if self.cfg.eval.downstream and s.dims.cp == 1:  # not under pp or cp (validate_topology warns)
                 downstream = downstream_metrics(self.cfg, s, self.engine.model)
             self.engine.model.train()
         progress.close()
@@ -272,14 +302,13 @@ class Trainer:
                 **StrategyLosses.means(by_source, s.eval_loader.languages, "eval/source_loss"), **downstream}
 
     # ----------------------------------------------------------------------------- preemption
-    def _on_sigterm(self, signum, frame) -> None:
-        self.stop_requested = True
-
-    def _agree_to_stop(self) -> bool:
-        """Any rank that got SIGTERM stops all ranks after the same step."""
-        flag = torch.tensor([float(self.stop_requested)], device=self.s.device)
-        dist.all_reduce(flag)
-        return bool(flag.item())
+    def _step_boundary(self, stop_signals: StopSignals) -> bool:
+        """Collective, once per step (one all-reduce): whether some rank got a stop signal, and whether every
+        rank finished writing the last background save (then it is marked complete)."""
+        stop, writing = any_rank([stop_signals.received is not None, self.checkpointer.writing()], self.s.device)
+        if not writing:
+            self.checkpointer.finish()
+        return stop
 
 
 def _add_losses(weighted: torch.Tensor, batch: dict[str, torch.Tensor], strategies: StrategyLosses,

@@ -10,7 +10,9 @@ causal), so a GLM batch and a causal batch are charged for what they really comp
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -22,6 +24,8 @@ import torch
 
 from pretrain.config import ConfigError
 from pretrain.train.config import WandbConfig
+
+logger = logging.getLogger(__name__)
 
 # Dense bf16 TFLOP/s, no sparsity (NVIDIA datasheets; reference-frameworks.md §2.1). The NVL and PCIe
 # cards run at lower clocks and power than the SXM parts whose bare names they contain.
@@ -191,9 +195,38 @@ def _scalars(record: dict[str, Any]):
             yield key, value
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file we wrote. A last line without its newline is a write torn by a
+    crash: dropped. Any other line that is blank or not a JSON object is refused naming file and line."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines[-1]:  # no newline after it: torn
+        if _json_object(lines[-1]) is None:
+            logger.warning("%s: dropped line %d, torn by a crash mid-write: %.60r", path, len(lines), lines[-1])
+            lines[-1] = ""
+    records = []
+    for number, line in enumerate(lines[:-1] if not lines[-1] else lines, 1):
+        record = _json_object(line)
+        if record is None:
+            what = "is blank" if not line.strip() else f"is not a JSON object: {line[:60]!r}"
+            raise ValueError(f"{path}:{number} {what}; delete that line (or the file) and re-run")
+        records.append(record)
+    return records
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _truncate_after(path: Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (the checkpoint resumed from); rewritten atomically."""
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [record for record in read_jsonl(path) if record.get("step", 0) <= step]
+    partial = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    partial.write_text("".join(json.dumps(record, allow_nan=True) + "\n" for record in kept), encoding="utf-8")
+    partial.replace(path)

@@ -21,8 +21,9 @@ from pretrain.data.tokenizer import load_tokenizer
 from pretrain.model.config import ModelConfig
 from pretrain.model.glm import GLMModel
 from pretrain.model.presets import ModelSection
-from pretrain.train.checkpoint import COMPLETE, TRAINER_STATE, latest_checkpoint, step_dir, trainer_state
+from pretrain.parallel import safe_dcp
 from pretrain.tokens import CORE_ROLES, SpecialTokens
+from pretrain.train.checkpoint import TRAINER_STATE, latest_checkpoint, mark_complete, step_dir, trainer_state
 from pretrain.train.config import checkpoint_dir
 
 TOKENIZER = "tokenizer.json"
@@ -86,8 +87,8 @@ def load_trained_model(run_dir: Path, checkpoint: Path | None = None) -> GLMMode
         model = GLMModel(cfg)
     model.to_empty(device="cpu")
     state = {"model": model.state_dict()}
-    with _one_process():  # fills every tensor, or raises naming the missing key
-        dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
+    with _one_process():  # fills every tensor of this model, or raises naming the missing key
+        safe_dcp.load(state, checkpoint, no_dist=True)
     model.load_state_dict(state["model"])
     logger.info("loaded %s", checkpoint)
     return model.eval()
@@ -108,5 +109,5 @@ def write_run_dir(run_dir: Path, model: GLMModel, section: ModelSection, special
     checkpoint = step_dir(checkpoint_dir(None, run_dir), 0)
     with _one_process():
         dcp.save({"model": model.state_dict()}, checkpoint_id=checkpoint, no_dist=True)
-    (checkpoint / COMPLETE).touch()
+    mark_complete(checkpoint, weights_only=True)
     return checkpoint

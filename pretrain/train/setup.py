@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.distributed as dist
@@ -57,9 +57,9 @@ def validate_topology(cfg: Config, world_size: int) -> ParallelDims:
         raise ConfigError("train.init_device=meta needs parallel.engine=torch (the deepspeed engine takes a "
                           "materialized model); set parallel.engine=torch or train.init_device=full")
     if cfg.eval.downstream and (parallel.pp > 1 or parallel.cp > 1):
-        raise ConfigError(f"eval.downstream scores with the whole model on whole rows, which parallel.pp="
-                          f"{parallel.pp} / parallel.cp={parallel.cp} split; set eval.downstream=false (the held-out "
-                          f"loss is still measured) or evaluate the run's checkpoint with pp=cp=1")
+        logger.warning("eval.downstream is skipped: it scores with the whole model on whole rows, which parallel.pp="
+                       "%d / parallel.cp=%d split (the held-out loss is still measured); score the run's checkpoint "
+                       "with pp=cp=1 instead", parallel.pp, parallel.cp)
     if train.init_from and train.init_device == "meta" and parallel.pp > 1:
         raise ConfigError("train.init_from with train.init_device=meta loads rank 0's weights into one model, not "
                           "into pipeline stages; set train.init_device=full (the weights are loaded before the split)")
@@ -106,14 +106,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def build_setup(cfg: Config) -> Setup:
+def build_setup(cfg: Config, preflight: Callable[[], None] | None = None) -> Setup:
+    """``preflight``: checks that need the process group and come before the data and the model."""
     from pretrain.data.loader import build_loader, glm_collator, open_data
     from pretrain.model.glm import GLMModel
-    from pretrain.objectives import declared_special_tokens, raw_length
+    from pretrain.objectives import declared_special_tokens, raw_length, resolve_gmask_positions
 
     dims = validate_topology(cfg, world_size_from_env())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     init_distributed(device.type)
+    if preflight is not None:
+        preflight()
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     mesh = build_mesh(device.type, dims)
@@ -135,8 +138,12 @@ def build_setup(cfg: Config) -> Setup:
                                       micro_batch_size=train.micro_batch_size, dp_rank=dp_rank, dp_size=dims.dp,
                                       seed=seed, split=split, source=source)
 
-    collator, train_loader = loader("train", cfg.objective, train.seed)
-    eval_collator, eval_loader = loader("valid", cfg.eval_objective(), cfg.eval.seed) if cfg.eval.interval \
+    # objective.gmask_positions=auto follows the model's position encoding (the vocabulary does not change it)
+    position_encoding = cfg.model.resolve(vocab_size=source.vocab_size).position_encoding
+    objective = resolve_gmask_positions(cfg.objective, position_encoding)
+    eval_objective = resolve_gmask_positions(cfg.eval_objective(), position_encoding)
+    collator, train_loader = loader("train", objective, train.seed)
+    eval_collator, eval_loader = loader("valid", eval_objective, cfg.eval.seed) if cfg.eval.interval \
         else (collator, None)
 
     model_cfg = cfg.model.resolve(vocab_size=train_loader.vocab_size)
