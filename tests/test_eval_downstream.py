@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import yaml
 
 from pretrain.data.tokenizer import train_tokenizer
 from pretrain.generate.cloze import cloze_example, split_last_word
@@ -189,22 +188,3 @@ def test_trainer_eval_reports_downstream_metrics_per_language(tmp_path, tmp_path
     cloze = {key.rsplit("/", 1)[1] for key in record if key.startswith("eval/cloze_acc/")}
     assert {"en", "de", "ar", "ru"} <= cloze and not {"zh", "ja"} & cloze  # no space-delimited last word
     assert {key.rsplit("/", 1)[1] for key in record if key.startswith("eval/cloze_causal_ppl/")} == cloze
-
-
-def test_ablation_summary_shows_downstream_metrics_overall_and_per_language(tmp_path):
-    from pretrain.cli.ablate import load_sweep, summary_markdown
-    base = {"model": {"preset": "glm-tiny"}, "data": {"corpus": "embedded"},
-            "eval": {"interval": 2, "downstream": True, "objective": {"strategy": "document"}}}
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "variants": {"a": [], "b": []}}))
-    _, variants = load_sweep(tmp_path / "sweep.yaml", tmp_path / "out", [])
-    rows = [{"variant": name, "step": 2, "loss": 3.0, "eval_step": 2, "eval/loss": 4.0, "eval/loss/document": 4.0,
-             "eval/cloze_acc": acc, "eval/cloze_acc/de": acc, "eval/cloze_acc/en": 1.0, "eval/infill_ppl": 9.5,
-             "tokens_per_s": 100.0, "wall_s": 1.0} for name, acc in (("a", 0.25), ("b", 0.5))]
-    summary = summary_markdown(variants, rows)
-    table = [line for line in summary.splitlines() if line.startswith("|")]
-    assert table[0] == ("| variant | step | train loss (own objective) | eval step | eval loss | document | cloze_acc "
-                        "| infill_ppl | tokens/s | wall s |")
-    assert table[2] == "| a | 2 | 3.0000 | 2 | 4.0000 | 4.0000 | 0.2500 | 9.5000 | 100 | 1.0 |"
-    assert "`eval/cloze_acc` per language:" in summary
-    assert table[4:] == ["| language | a | b |", "|---|---|---|", "| de | 0.2500 | 0.5000 |", "| en | 1.0000 | 1.0000 |"]

@@ -6,7 +6,7 @@ besides loss, on the held-out documents (``data.eval_documents`` per language), 
     eval/cloze_causal_acc, eval/cloze_causal_ppl  the same word as the start of a [gMASK] continuation
                                                   (Part A is the context only: the causal view)
     eval/infill_acc, eval/infill_ppl              [MASK] spans drawn by the token strategy (eval
-                                                  objective's token section: mask_ratio, span lengths; train.seed),
+                                                  objective's token section: mask_ratio, span lengths; eval.seed),
                                                   every token of the spans (not the closing eop)
 
 Accuracy: cloze counts a passage when the model's greedy choice is right for every token of the word
@@ -73,7 +73,7 @@ def build_examples(cfg: Config, source) -> tuple[list[Scored], list[tuple[str, s
                 labels += [("cloze", lang), ("cloze_causal", lang)]
             framed = np.concatenate([[special.cls], doc, [special.eos]])[:window]
             if len(framed) > 2:  # a maskable token besides cls and the last one
-                drawn = spans.spans_for(framed, cfg.train.seed, sample_id=len(labels))
+                drawn = spans.spans_for(framed, cfg.eval.seed, sample_id=len(labels))
                 examples.append(Scored(framed, np.array(drawn, dtype=np.int64).reshape(-1, 2), special.mask))
                 labels.append(("infill", lang))
     return examples, labels
