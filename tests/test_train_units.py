@@ -15,7 +15,7 @@ from pretrain.config import ConfigError
 from pretrain.train.config import TrainConfig, load_config
 from pretrain.parallel.tp import tp_plan
 from pretrain.train import checkpoint
-from pretrain.train.loss import StrategyLosses, token_cross_entropy
+from pretrain.train.loss import StrategyLosses, cross_entropy_head, token_cross_entropy
 from pretrain.train.metrics import console_line, peak_tflops
 from pretrain.parallel.clip import clip_grad_norm_
 from pretrain.train.optim import build_optimizer, lr_factor
@@ -179,8 +179,10 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(trainer_factory, tmp_path
     first = trainer.train_step(batches)
     assert math.isfinite(first["loss"]) and first["mfu"] == pytest.approx(first["tflops"] / 0.5)
     before = [p.detach().clone() for p in trainer.engine.model.parameters()]
-    poisoned = lambda logits, targets: token_cross_entropy(logits, targets) * float("nan")
-    monkeypatch.setattr(loop, "token_cross_entropy", poisoned)
+    def poisoned(target_ids, token_weights):  # a NaN in the head's input: loss, CE and gradients all NaN
+        head = cross_entropy_head(target_ids, token_weights)
+        return lambda hidden, weight: head(hidden * float("nan"), weight)
+    monkeypatch.setattr(loop, "cross_entropy_head", poisoned)
     record = trainer.train_step(batches)
     assert math.isnan(record["loss"]) and record["nonfinite_skipped"] == 1 and trainer.step == 2
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.engine.model.parameters()))  # no update

@@ -13,6 +13,9 @@ class ParallelConfig:
     # FSDP2 over the data-parallel ranks: "full" reshards parameters after forward (ZeRO-3),
     # "grad_op" keeps them gathered until backward (ZeRO-2: more memory, fewer all-gathers).
     fsdp: typing.Literal["full", "grad_op"] = "full"  # torch engine
+    # torch engine, gradient accumulation: reduce-scatter gradients after every micro-batch instead of
+    # keeping unsharded fp32 gradients until the last one (less memory, one reduce-scatter per micro-batch)
+    reduce_every_microbatch: bool = False
     zero_stage: int = 1  # deepspeed engine: ZeRO stage 0-3 (0-2 with tp > 1: AutoTP composes with those)
 
     def validate(self) -> None:
@@ -25,5 +28,8 @@ class ParallelConfig:
             if self.sequence_parallel:
                 raise ValueError("sequence_parallel is a torch-engine feature; set parallel.engine=torch or "
                                  "sequence_parallel=false")
+            if self.reduce_every_microbatch:
+                raise ValueError("reduce_every_microbatch is a torch-engine (FSDP2) option; DeepSpeed ZeRO-2/3 "
+                                 "already reduce every micro-batch: set reduce_every_microbatch=false")
         if self.sequence_parallel and self.tp == 1:
             raise ValueError("sequence_parallel needs tp > 1; set parallel.tp or sequence_parallel=false")

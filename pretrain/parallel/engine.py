@@ -46,11 +46,14 @@ class TorchEngine:
     name = "torch"
     reshardable = True  # DCP loads any saved (dp, tp) layout into the current one
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, reduce_every_microbatch: bool = False):
         self.model, self.optimizer = model, optimizer
+        self.reduce_every_microbatch = reduce_every_microbatch
 
     def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
-        self.model.set_requires_gradient_sync(last_micro_batch)  # FSDP2 reduce-scatters once per step
+        # FSDP2 reduce-scatters once per step (unsharded gradients accumulate until then) unless asked to
+        # reduce every micro-batch into the sharded gradients
+        self.model.set_requires_gradient_sync(last_micro_batch or self.reduce_every_microbatch)
         loss.backward()
 
     def step(self, lr: float, max_norm: float, skip: bool) -> float:

@@ -23,7 +23,7 @@ from pretrain.config import ConfigError
 from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import batch_flops
 from pretrain.train import checkpoint
-from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
+from pretrain.train.loss import StrategyLosses, cross_entropy_head
 from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
 from pretrain.train.optim import lr_factor
 from pretrain.train.config import Config
@@ -139,11 +139,11 @@ class Trainer:
         strategies = StrategyLosses(len(s.strategy_names), s.device)
         for i, batch in enumerate(micro):
             batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
-            logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
-            with loss_context(logits):
-                weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]  # [B, S]
-                self.engine.backward(weighted.sum() / denominator, last_micro_batch=i == len(micro) - 1)
-            strategies.add(weighted, batch["loss_mask"], batch["strategy_ids"])
+            # The loss runs inside the model's forward, over chunks of tokens: no logits outlive it (loss.py)
+            loss, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS), output_head=cross_entropy_head(
+                batch["target_ids"], batch["loss_mask"] / denominator))
+            self.engine.backward(loss, last_micro_batch=i == len(micro) - 1)
+            strategies.add(ce * batch["loss_mask"], batch["loss_mask"], batch["strategy_ids"])
         reduced = strategies.packed()  # every Part-B token belongs to one strategy: their sums are the loss
         dist.all_reduce(reduced, group=s.dp_group)
         loss_value = (reduced[:len(s.strategy_names)].sum() / denominator).item()
@@ -194,10 +194,9 @@ class Trainer:
             if i == self.cfg.eval.batches * s.accumulation_steps:
                 break
             batch = {k: v.to(s.device) for k, v in batch.items()}
-            logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
-            with loss_context(logits):
-                strategies.add(token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"],
-                               batch["loss_mask"], batch["strategy_ids"])
+            _, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS),
+                                      output_head=cross_entropy_head(batch["target_ids"], batch["loss_mask"]))
+            strategies.add(ce * batch["loss_mask"], batch["loss_mask"], batch["strategy_ids"])
         self.engine.model.train()
         packed = strategies.packed()
         dist.all_reduce(packed, group=s.dp_group)

@@ -154,5 +154,5 @@ def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: Parallel
                         param_dtype=dtype, reshard_after_forward=cfg.parallel.fsdp == "full")
     if cfg.train.init_device == "meta":
         materialize(model, device, cfg.train.seed)
-    return TorchEngine(model, build_optimizer(model, cfg.train))
+    return TorchEngine(model, build_optimizer(model, cfg.train), cfg.parallel.reduce_every_microbatch)
 
