@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from pretrain.model.presets import model_config
 from pretrain.model.glm import GLMModel
-from pretrain.train.loss import (LOGITS_CHUNK_BYTES, MIN_CHUNK_TOKENS, chunk_tokens_for, chunked_cross_entropy,
-                                 cross_entropy_head, token_cross_entropy)
+from pretrain.train.loss import (LOGITS_CHUNK_BYTES, MIN_CHUNK_TOKENS, CrossEntropyHead, chunk_tokens_for,
+                                 chunked_cross_entropy, token_cross_entropy)
 from tests.test_train_units import trainer_factory  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +73,14 @@ def test_model_output_head_gets_the_normed_hidden_states_and_the_head_weight(tie
     seen = model(*inputs, output_head=lambda hidden, weight: F.linear(hidden, weight).float())
     torch.testing.assert_close(seen, logits)
     targets = (seq + 1) % 64
-    loss, _ = model(*inputs, output_head=cross_entropy_head(targets, torch.ones(1, 12)))
+    loss, _ = model(*inputs, output_head=CrossEntropyHead(targets, torch.ones(1, 12)))
     torch.testing.assert_close(loss, token_cross_entropy(logits, targets).sum(), **TOLERANCE)
+
+
+def test_heads_with_equal_targets_compare_equal():  # DeepSpeed AutoTP compares each TP rank's arguments
+    targets, weights = torch.arange(6).view(2, 3), torch.ones(2, 3)
+    assert CrossEntropyHead(targets, weights) == CrossEntropyHead(targets.clone(), weights.clone())
+    assert CrossEntropyHead(targets, weights) != CrossEntropyHead(targets, weights * 2)
 
 
 def test_chunk_size_bounds_the_logits_of_one_chunk():

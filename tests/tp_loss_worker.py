@@ -8,7 +8,7 @@ from pretrain.model.glm import GLMModel
 from pretrain.model.presets import model_config
 from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed
 from pretrain.parallel.parallelize import parallelize
-from pretrain.train.loss import cross_entropy_head, loss_context, token_cross_entropy
+from pretrain.train.loss import CrossEntropyHead, loss_context, token_cross_entropy
 
 
 def loss_and_grads(mesh, sequence_parallel: bool, chunked: bool):
@@ -23,7 +23,7 @@ def loss_and_grads(mesh, sequence_parallel: bool, chunked: bool):
     inputs = (ids, positions, positions * 0, torch.zeros_like(ids), torch.zeros(batch, seq_len, dtype=torch.bool))
     mask = (torch.rand(batch, seq_len, generator=gen) < 0.7).float()
     if chunked:
-        loss, _ = model(*inputs, output_head=cross_entropy_head(targets, mask / mask.sum(), chunk_tokens=7))
+        loss, _ = model(*inputs, output_head=CrossEntropyHead(targets, mask / mask.sum(), chunk_tokens=7))
         loss.backward()
     else:
         logits = model(*inputs)

@@ -23,7 +23,7 @@ from pretrain.config import ConfigError
 from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import batch_flops
 from pretrain.train import checkpoint
-from pretrain.train.loss import StrategyLosses, cross_entropy_head
+from pretrain.train.loss import CrossEntropyHead, StrategyLosses
 from pretrain.train.metrics import MetricsWriter, max_memory_gib, peak_tflops, print_line
 from pretrain.train.optim import lr_factor
 from pretrain.train.config import Config
@@ -140,7 +140,7 @@ class Trainer:
         for i, batch in enumerate(micro):
             batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
             # The loss runs inside the model's forward, over chunks of tokens: no logits outlive it (loss.py)
-            loss, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS), output_head=cross_entropy_head(
+            loss, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS), output_head=CrossEntropyHead(
                 batch["target_ids"], batch["loss_mask"] / denominator))
             self.engine.backward(loss, last_micro_batch=i == len(micro) - 1)
             strategies.add(ce * batch["loss_mask"], batch["loss_mask"], batch["strategy_ids"])
@@ -195,7 +195,7 @@ class Trainer:
                 break
             batch = {k: v.to(s.device) for k, v in batch.items()}
             _, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS),
-                                      output_head=cross_entropy_head(batch["target_ids"], batch["loss_mask"]))
+                                      output_head=CrossEntropyHead(batch["target_ids"], batch["loss_mask"]))
             strategies.add(ce * batch["loss_mask"], batch["loss_mask"], batch["strategy_ids"])
         self.engine.model.train()
         packed = strategies.packed()

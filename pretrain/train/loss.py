@@ -6,7 +6,7 @@ gradients equal those of one big batch. With tensor parallelism the logits arriv
 (DTensor ``Shard(-1)``) and ``loss_parallel`` computes the cross entropy without gathering them.
 
 Training never builds the [B, S, V] logits: the model hands its normed hidden states and head weight
-to ``cross_entropy_head`` (GLMModel's ``output_head``), which runs head matmul + cross entropy over
+to ``CrossEntropyHead`` (GLMModel's ``output_head``), which runs head matmul + cross entropy over
 chunks of tokens and computes each chunk's gradients right away (as Liger's fused linear cross
 entropy does), keeping only dL/dhidden [N, H] and dL/dW [V, H] (float32) until backward. The head matmul runs
 three times per token, as in the unfused path (no recomputation), and the peak holds one chunk of
@@ -17,7 +17,6 @@ collective is written here.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -50,14 +49,29 @@ def chunk_tokens_for(weight: torch.Tensor) -> int:
     return max(MIN_CHUNK_TOKENS, LOGITS_CHUNK_BYTES // (4 * vocab_local))
 
 
-def cross_entropy_head(target_ids: torch.Tensor, token_weights: torch.Tensor, chunk_tokens: int | None = None):
+class CrossEntropyHead:
     """The ``output_head`` for GLMModel: ``head(hidden, weight) -> (Σ CE·token_weights, CE [B, S])``.
 
     ``token_weights`` [B, S] are loss_mask / the step's Part-B count when training (the scalar is then
-    the micro-batch's share of the loss) and loss_mask when evaluating. CE is detached.
+    the micro-batch's share of the loss) and loss_mask when evaluating. CE is detached. A plain class,
+    not a dataclass or a partial: FSDP2 casts the floating tensors it finds in a dataclass argument to
+    the compute dtype, and DeepSpeed's AutoTP checks that every TP rank got equal arguments (``==``).
     """
-    return functools.partial(chunked_cross_entropy, target_ids=target_ids, token_weights=token_weights,
-                             chunk_tokens=chunk_tokens)
+
+    def __init__(self, target_ids: torch.Tensor, token_weights: torch.Tensor, chunk_tokens: int | None = None):
+        self.target_ids, self.token_weights, self.chunk_tokens = target_ids, token_weights, chunk_tokens
+
+    def __call__(self, hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return chunked_cross_entropy(hidden, weight, self.target_ids, self.token_weights, self.chunk_tokens)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CrossEntropyHead):
+            return NotImplemented
+        device = self.target_ids.device
+        return (self.chunk_tokens == other.chunk_tokens and torch.equal(self.target_ids, other.target_ids.to(device))
+                and torch.equal(self.token_weights, other.token_weights.to(device)))
+
+    __hash__ = None
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torch.Tensor,
