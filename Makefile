@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)  # every benchmark; results and how to read them: docs/benchmarks.md
-	for name in collator data attention train_step; do $(PY) -m pretrain bench $$name || exit 1; done
+	for name in collator data attention train_step loss plan_check; do $(PY) -m pretrain bench $$name || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs

@@ -83,7 +83,8 @@ def _peak_rss() -> int:
 def peak_in_subprocess(path: str, argv: list[str]) -> int:
     out = subprocess.run([sys.executable, __file__, *argv, "--child", path], capture_output=True, text=True)
     if out.returncode:
-        raise SystemExit(f"measuring {path} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"measuring {path} failed (exit status {out.returncode}; -9: killed, e.g. out of "
+                         f"memory):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -124,9 +125,9 @@ def main() -> None:
     print(f"device={args.device} threads={torch.get_num_threads()} vocab={args.vocab} batch={args.batch} "
           f"seq={args.seq_len} hidden={args.hidden} dtype={args.dtype} chunk={case.chunk} tokens "
           f"repeats={args.repeats} (min time)", flush=True)
+    peaks = {path: peak_in_subprocess(path, argv) for path in PATHS}  # first: the parent holds nothing big yet
     loss_err, grad_err = check_equal(case)
     print(f"chunked vs logits: relative |Δloss| {loss_err:.1e}, max |Δgrad| / max |grad| {grad_err:.1e}", flush=True)
-    peaks = {path: peak_in_subprocess(path, argv) for path in PATHS}
     best = {path: float("inf") for path in PATHS}
     for _ in range(args.repeats):
         for path in PATHS:

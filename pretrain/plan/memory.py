@@ -10,7 +10,8 @@ What the trainer keeps (FSDP2 with param_dtype = compute dtype, reduce_dtype flo
     optimizer    AdamW's two float32 moments per shard
     activations  what autograd saves, counted tensor by tensor for GLMModel (below); with activation
                  checkpointing each block's input only, plus one block recomputed during backward
-    in flight    the pipeline schedule's further micro-batches (first stage)
+    in flight    the pipeline schedule's further micro-batches (1F1B: the first stage's; GPipe and
+                 interleaved 1F1B: taken for every stage)
     loss         pretrain/train/loss.py: dL/dW float32 [V/tp, H] and dL/dh [tokens, H] from the loss
                  forward to backward, plus one chunk's logits, log-softmax and their gradients
     workspace    backward's transients: a block's unsharded gradients and its activation gradients
@@ -166,7 +167,8 @@ def _stage_memory(w: Workload, lay: Layout, first: bool, last: bool) -> Memory:
     else:
         grads = 0.0  # the step's only backward: shards appear while activations are freed
     activations = stage_activations(w, lay, layers, last)
-    flights = in_flight(w, lay) if first else 1.0
+    # 1F1B's last stage finishes each micro-batch before the next; GPipe's and interleaved stages hold more
+    flights = in_flight(w, lay) if first or lay.pp_schedule != "1f1b" else 1.0
     held, chunk = loss_buffers(w, lay) if last else (0.0, 0.0)
     tokens = lay.micro_batch * w.seq_len / lay.cp
     # a block's new unsharded gradients, then its float32 reduce-scatter buffers (on GPU the previous
