@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from pretrain.plan import Workload, configured_layout, evaluate, gpu_spec, plan
+    from pretrain.plan import Workload, configured_layout, configured_workload, evaluate, gpu_spec, plan
     gpu = gpu_spec(args.gpu)
     if args.peak_tflops:
         gpu = dataclasses.replace(gpu, peak_tflops=args.peak_tflops)
@@ -60,8 +60,7 @@ def _main(args: argparse.Namespace) -> int:
             raise ValueError("--model, --seq-len and --global-batch come from --config; give one or the other")
         cfg = load_config(args.config, args.overrides)
         validate_topology(cfg, args.gpus)
-        workload = Workload(model=planning_model(cfg), seq_len=cfg.train.seq_len,
-                            global_batch=cfg.train.global_batch_size, gpus=args.gpus, gpu=gpu)
+        workload = configured_workload(cfg, planning_model(cfg), args.gpus, gpu)
         configured = evaluate(workload, configured_layout(cfg, args.gpus))
     else:
         from pretrain.model.presets import model_config
