@@ -19,15 +19,17 @@ from pretrain.model.presets import PRESETS, model_config
 from pretrain.parallel.config import ParallelConfig
 from pretrain.plan import Layout, Workload, evaluate, evaluate_choosing_reduction, gpu_spec, model_params, plan
 from pretrain.plan.cost import stage_flops, step_flops
-from pretrain.plan.layout import bubble, in_flight, stage_layers
+from pretrain.plan.layout import bubble, in_flight, rank_layers, stage_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 # |predicted / measured - 1| for the peak memory of real runs (issue: within 15%)
 MEMORY_TOLERANCE = 0.15
-# The layouts the tests measure (bench/plan_check.py LAYOUTS has more; run it for the full table).
-# Add the pipeline / context-parallel layouts here once the pp/cp branch is merged (they are listed,
-# commented, in bench/plan_check.py): e.g. "act_pp2", "act_pp2_interleaved", "act_cp2".
-MEASURED = {1: ["act", "act_ac"], 2: ["act_tp2", "param_dp2"]}
+# The layouts the tests measure, in one two-process launch: TP, FSDP full and grad_op, activation
+# checkpointing off and on, activation- and parameter-dominated (bench/plan_check.py LAYOUTS has the
+# one-process ones too; docs/benchmarks.md the full table). Add the pipeline / context-parallel layouts
+# here once the pp/cp branch is merged (listed, commented, in bench/plan_check.py): e.g. "act_pp2",
+# "act_pp2_interleaved", "act_cp2".
+MEASURED = {2: ["act_tp2", "act_dp2", "act_dp2_grad_op_ac", "param_dp2"]}
 PP_CP_MERGED = hasattr(ParallelConfig(), "pp") and hasattr(ParallelConfig(), "cp")
 
 
@@ -47,14 +49,22 @@ def test_flops_are_the_trainers_accounting():
     tokens, pairs = 8 * 4096, 8 * 4096 * 2049 / 2
     # the pipeline split distributes exactly model/flops.py's count
     w = Workload(cfg, seq_len=4096, global_batch=8, gpus=8, gpu=gpu_spec("h100"))
-    first, last = stage_layers(w, Layout(tp=1, pp=4, cp=1, dp=2, micro_batch=1))
-    assert last < first  # the head weighs on the last stage
-    split = (stage_flops(cfg, cfg.num_layers - last, head=False, tokens=tokens, pairs=pairs)
-             + stage_flops(cfg, last, head=True, tokens=tokens, pairs=pairs))
+    per_rank = rank_layers(w, Layout(tp=1, pp=4, cp=1, dp=2, micro_batch=1))
+    assert per_rank == [9, 11, 11, 9]  # the embedding and the head weigh as one layer each
+    split = sum(stage_flops(cfg, n, head=rank == 3, tokens=tokens, pairs=pairs) for rank, n in enumerate(per_rank))
     assert split == pytest.approx(batch_flops(cfg, tokens, pairs), rel=1e-12)
     # a step's FLOPs are the trainer's for causal rows (its pairs from attention.visible_pairs)
     causal = visible_pairs(torch.zeros(8, 4096, dtype=torch.long), torch.zeros(8, 4096, dtype=torch.bool))
     assert step_flops(w) == pytest.approx(batch_flops(cfg, tokens, float(causal.sum())), rel=1e-12)
+
+
+def test_stage_split_is_the_trainers():
+    w = glm_130b_workload()
+    lay = Layout(tp=4, pp=8, cp=1, dp=24, micro_batch=2)
+    assert stage_counts(w, lay) == [8, 9, 9, 9, 9, 9, 9, 8]  # parallel/pipeline.py's docstring example
+    looped = lay.replace(pp=2, dp=96, pp_schedule="interleaved_1f1b", pp_virtual_stages=2)
+    assert stage_counts(w, looped) == [17, 18, 18, 17] and rank_layers(w, looped) == [35, 35]
+    assert rank_layers(w, lay.replace(pp_layers_per_stage=(10, 10, 10, 10, 10, 10, 5, 5))) == [10] * 6 + [5, 5]
 
 
 def test_pipeline_bubble_and_in_flight_micro_batches():
@@ -68,14 +78,16 @@ def test_pipeline_bubble_and_in_flight_micro_batches():
 
 
 def test_glm_130b_published_layout_fits_and_is_close_to_the_best():
-    """TP=4 x PP=8 on 768 A100-40GB at seq 2048, batch 4224: some variant of it fits, and the best one
-    is within 10% of the best layout's estimated step time (the rest of the ranking: docs/benchmarks.md)."""
+    """TP=4 x PP=8 on 768 A100-40GB at seq 2048, batch 4224: some variant of it fits and ranks in the top
+    10 of ~8,500 layouts. It needs activation checkpointing on 40 GB (a third more compute), so the best
+    layout without it (TP=8 x PP=24) is ~20% faster on paper; the ranking: docs/benchmarks.md."""
     ranked = plan(glm_130b_workload())
     fitting = [e for e in ranked if e.fits]
     published = [e for e in fitting if (e.layout.tp, e.layout.pp, e.layout.cp, e.layout.dp) == (4, 8, 1, 24)]
     assert published, "no variant of TP=4 x PP=8 fits"
-    assert published[0].cost.step_s <= 1.10 * fitting[0].cost.step_s
     assert ranked.index(published[0]) < 10
+    assert published[0].layout.activation_checkpointing
+    assert published[0].cost.step_s <= 1.25 * fitting[0].cost.step_s
 
 
 def test_reduce_every_microbatch_is_chosen_when_memory_bound():
@@ -87,7 +99,7 @@ def test_reduce_every_microbatch_is_chosen_when_memory_bound():
     roomy = tight.replace(activation_checkpointing=True)
     assert evaluate(w, roomy).fits and not evaluate_choosing_reduction(w, roomy).layout.reduce_every_microbatch
     saved = evaluate(w, tight).memory.grads - chosen.memory.grads
-    assert saved > 15 * 2**30  # the stage's unsharded float32 gradients (~4.7B parameters)
+    assert saved > 12 * 2**30  # the rank's unsharded float32 gradients (~4B parameters)
 
 
 def run_plan(capsys, *args: str) -> tuple[int, str, str]:

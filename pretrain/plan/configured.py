@@ -22,7 +22,8 @@ def configured_layout(cfg, gpus: int) -> Layout:
                   sequence_parallel=parallel.sequence_parallel,
                   pp_schedule=getattr(parallel, "pp_schedule", "1f1b"),
                   pp_virtual_stages=getattr(parallel, "pp_virtual_stages", 1),
-                  pp_microbatches=getattr(parallel, "pp_microbatches", None))
+                  pp_microbatches=getattr(parallel, "pp_microbatches", None),
+                  pp_layers_per_stage=tuple(getattr(parallel, "pp_layers_per_stage", None) or ()) or None)
 
 
 def configured_workload(cfg, model: ModelConfig, gpus: int, gpu: GPU, cpu: bool = False) -> Workload:

@@ -1,8 +1,8 @@
 """FLOPs, communication volume and step time of a layout (estimates; the constants are in hardware.py).
 
     compute    the slowest pipeline stage's FLOPs (model/flops.py; + one forward with activation
-               checkpointing) at MATMUL_EFFICIENCY of the dense peak; stages split by layer count
-               with the head weighted (layout.stage_layers)
+               checkpointing) at MATMUL_EFFICIENCY of the dense peak; the trainer's stage split
+               (layout.stage_counts)
     bubble     pipeline idle time: compute x (pp - 1) / (micro-batches per round x virtual stages)
     tp, cp     per block: TP all-reduces the block's output twice forward and its input gradient twice
                backward (sequence parallel trades each for a reduce-scatter + all-gather: same
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pretrain.model.config import ModelConfig
 from pretrain.model.flops import batch_flops, matmul_params
 from pretrain.plan.hardware import LINK_EFFICIENCY, MATMUL_EFFICIENCY
-from pretrain.plan.layout import Layout, Workload, bubble, inside_node, micro_batches, stage_layers
+from pretrain.plan.layout import Layout, Workload, bubble, inside_node, micro_batches, rank_layers
 from pretrain.plan.memory import block_params, root_params
 
 
@@ -67,17 +67,17 @@ def estimate_cost(w: Workload, lay: Layout) -> Cost:
     cfg, e = w.model, w.compute_bytes
     m = micro_batches(w, lay)
     tokens = lay.micro_batch * w.seq_len / lay.cp  # this rank's tokens per micro-batch
-    first_layers, last_layers = stage_layers(w, lay)
-    layers = max(first_layers, last_layers)
+    per_rank = rank_layers(w, lay)
+    layers = max(per_rank)
     forwards = 2 if lay.activation_checkpointing else 1
 
-    # compute: the slowest stage (a recomputed forward adds a third to the blocks' forward + backward)
+    # compute: the slowest pipeline rank (a recomputed forward adds a third to the blocks' forward + backward)
     pairs = lay.micro_batch * w.seq_len * (w.seq_len + 1) / 2 / lay.cp
     recompute = (forwards + 2) / 3
-    first = stage_flops(cfg, first_layers, head=False, tokens=tokens, pairs=pairs) * recompute
-    last = (stage_flops(cfg, last_layers, head=False, tokens=tokens, pairs=pairs) * recompute
-            + stage_flops(cfg, 0, head=True, tokens=tokens, pairs=0))
-    compute_s = m * max(first, last) / lay.tp / (w.gpu.peak_tflops * 1e12 * MATMUL_EFFICIENCY)
+    head = stage_flops(cfg, 0, head=True, tokens=tokens, pairs=0)
+    slowest = max(stage_flops(cfg, n, head=False, tokens=tokens, pairs=pairs) * recompute
+                  + (head if rank == lay.pp - 1 else 0) for rank, n in enumerate(per_rank))
+    compute_s = m * slowest / lay.tp / (w.gpu.peak_tflops * 1e12 * MATMUL_EFFICIENCY)
 
     activation = tokens * cfg.hidden_size * e  # one [b, s/cp, H] tensor
     tp_bytes = cp_bytes = pp_bytes = 0.0
@@ -90,8 +90,8 @@ def estimate_cost(w: Workload, lay: Layout) -> Cost:
     if lay.pp > 1:
         virtual = lay.pp_virtual_stages if lay.pp_schedule == "interleaved_1f1b" else 1
         pp_bytes = 2 * m * virtual * activation / (lay.tp if lay.sequence_parallel else 1)
-    params = max(first_layers * block_params(cfg, lay.tp) + root_params(cfg, lay, first=True, last=lay.pp == 1),
-                 last_layers * block_params(cfg, lay.tp) + root_params(cfg, lay, first=lay.pp == 1, last=True))
+    params = max(n * block_params(cfg, lay.tp) + root_params(cfg, lay, first=rank == 0, last=rank == lay.pp - 1)
+                 for rank, n in enumerate(per_rank))
     gathers = m * (2 if lay.fsdp == "full" else 1)
     reduces = m if lay.reduce_every_microbatch else 1
     dp_bytes = (lay.fsdp_ranks - 1) / lay.fsdp_ranks * params * (gathers * e + reduces * 4)

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 from pretrain.model.config import ModelConfig
-from pretrain.model.flops import matmul_params
 from pretrain.plan.hardware import GPU
 
 # Pipeline schedules the planner models: bubble fraction and in-flight micro-batches on the first stage
@@ -55,6 +54,7 @@ class Layout:
     pp_schedule: str = "1f1b"
     pp_virtual_stages: int = 1
     pp_microbatches: int | None = None  # micro-batches per schedule round; None: all of the step's
+    pp_layers_per_stage: tuple[int, ...] | None = None  # None: the trainer's balanced split
 
     @property
     def world(self) -> int:
@@ -82,24 +82,36 @@ def round_microbatches(w: Workload, lay: Layout) -> int:
     return lay.pp_microbatches or micro_batches(w, lay)
 
 
-def stage_layers(w: Workload, lay: Layout) -> tuple[int, int]:
-    """Blocks on the first and on the last pipeline stage (the same stage when pp = 1).
+def stage_counts(w: Workload, lay: Layout) -> list[int]:
+    """Blocks of each pipeline stage (pp x virtual stages), as the trainer splits them: the config's
+    parallel.pp_layers_per_stage, else balanced with the embedding and the head each weighted as one
+    layer, the remainder to the middle stages first (GLM-130B's 70 layers on 8: 8, 9 x 6, 8)."""
+    stages = lay.pp * (lay.pp_virtual_stages if lay.pp_schedule == "interleaved_1f1b" else 1)
+    if lay.pp_layers_per_stage:
+        return list(lay.pp_layers_per_stage)
+    if stages == 1:
+        return [w.model.num_layers]
+    # the trainer's rule (parallel/pipeline.py layers_per_stage on the pp branch; import it once merged)
+    base, extra = divmod(w.model.num_layers + 2, stages)
+    units = [base] * stages
+    for stage in [*range(1, stages - 1), stages - 1, 0][:extra]:
+        units[stage] += 1
+    units[0] -= 1
+    units[-1] -= 1
+    return units
 
-    The split is by layer count with the head weighted as the blocks its FLOPs equal (the last stage
-    takes fewer blocks): the last stage gets k blocks, the others share the rest evenly, with k
-    minimising the slowest stage."""
-    layers = w.model.num_layers
-    if lay.pp == 1:
-        return layers, layers
-    head = head_weight_in_blocks(w.model)
-    best = min(range(layers + 1), key=lambda k: max(k + head, math.ceil((layers - k) / (lay.pp - 1))))
-    return math.ceil((layers - best) / (lay.pp - 1)), best
+
+def rank_layers(w: Workload, lay: Layout) -> list[int]:
+    """Blocks on each pipeline rank: rank r runs stages r, r + pp, ... (looped placement)."""
+    counts = stage_counts(w, lay)
+    return [sum(counts[rank::lay.pp]) for rank in range(lay.pp)]
 
 
-def head_weight_in_blocks(cfg: ModelConfig) -> float:
-    """The head's matmul parameters in units of one block's (their FLOPs per token scale alike)."""
-    block = (matmul_params(cfg) - cfg.vocab_size * cfg.hidden_size) / cfg.num_layers
-    return cfg.vocab_size * cfg.hidden_size / block
+def in_flight_on(w: Workload, lay: Layout, rank: int) -> float:
+    """Micro-batches whose activations pipeline rank ``rank`` holds at once (1F1B: pp - rank)."""
+    if lay.pp_schedule == "1f1b" and lay.pp > 1:
+        return float(min(round_microbatches(w, lay), lay.pp - rank))
+    return in_flight(w, lay)
 
 
 def in_flight(w: Workload, lay: Layout) -> float:
@@ -152,6 +164,10 @@ def check(w: Workload, lay: Layout) -> str | None:
     if lay.pp_schedule not in SCHEDULES:
         return f"pp_schedule={lay.pp_schedule!r}: the planner models {list(SCHEDULES)}"
     if lay.pp > 1:
+        counts = stage_counts(w, lay)
+        if len(counts) != lay.pp * (lay.pp_virtual_stages if lay.pp_schedule == "interleaved_1f1b" else 1) \
+                or sum(counts) != cfg.num_layers or min(counts) < 1:
+            return f"the {len(counts)} stages cannot split {cfg.num_layers} layers as {counts}"
         m = round_microbatches(w, lay)
         if micro_batches(w, lay) % m:
             return f"pp_microbatches={m} does not divide the {micro_batches(w, lay)} micro-batches of a step"

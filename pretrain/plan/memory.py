@@ -10,15 +10,14 @@ What the trainer keeps (FSDP2 with param_dtype = compute dtype, reduce_dtype flo
     optimizer    AdamW's two float32 moments per shard
     activations  what autograd saves, counted tensor by tensor for GLMModel (below); with activation
                  checkpointing each block's input only, plus one block recomputed during backward
-    in flight    the pipeline schedule's further micro-batches (1F1B: the first stage's; GPipe and
-                 interleaved 1F1B: taken for every stage)
+    in flight    the pipeline schedule's further micro-batches (1F1B: pp - rank; GPipe: all;
+                 interleaved 1F1B: the first rank's count, taken for every rank)
     loss         pretrain/train/loss.py: dL/dW float32 [V/tp, H] and dL/dh [tokens, H] from the loss
                  forward to backward, plus one chunk's logits, log-softmax and their gradients
     workspace    backward's transients: a block's unsharded gradients and its activation gradients
 The peak is the larger of two moments of the last micro-batch: the loss forward (every activation
 saved, the chunk buffers live) and the first block's backward (workspace instead of the chunk), and
-the optimizer step. The fullest stage decides: the first (embeddings, most in-flight micro-batches)
-or the last (head, loss).
+the optimizer step. The fullest pipeline rank decides (layout.rank_layers: the trainer's split).
 
 Activations per token of one block (elements of the compute dtype, local to a TP rank):
     2·H (norm inputs; /tp with sequence parallel) + 2·H (norm outputs, gathered, saved by the
@@ -33,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from pretrain.model.config import ModelConfig
-from pretrain.plan.layout import Layout, Workload, in_flight, micro_batches, stage_layers
+from pretrain.plan.layout import Layout, Workload, in_flight_on, micro_batches, rank_layers
 
 FP32 = 4
 
@@ -85,7 +84,7 @@ def root_params(cfg: ModelConfig, lay: Layout, first: bool, last: bool) -> float
 
 def rank0_params(w: Workload, lay: Layout) -> float:
     """Parameters rank 0 holds at rest (its FSDP shard of the first stage): what a dry run counts."""
-    stage = stage_layers(w, lay)[0] * block_params(w.model, lay.tp)
+    stage = rank_layers(w, lay)[0] * block_params(w.model, lay.tp)
     return (stage + root_params(w.model, lay, first=True, last=lay.pp == 1)) / lay.fsdp_ranks
 
 
@@ -143,14 +142,16 @@ def loss_buffers(w: Workload, lay: Layout) -> tuple[float, float]:
 
 
 def estimate_memory(w: Workload, lay: Layout) -> Memory:
-    """The peak of the fullest pipeline stage (``Memory.total``) with its breakdown."""
-    stages = [(True, True)] if lay.pp == 1 else [(True, False), (False, True)]
-    return max((_stage_memory(w, lay, first, last) for first, last in stages), key=lambda m: m.total)
+    """The peak of the fullest pipeline rank (``Memory.total``) with its breakdown: the first (embeddings,
+    most micro-batches in flight), the second (the most in flight of the middle ranks) or the last (head, loss)."""
+    ranks = sorted({0, min(1, lay.pp - 1), lay.pp - 1})
+    return max((_rank_memory(w, lay, rank) for rank in ranks), key=lambda m: m.total)
 
 
-def _stage_memory(w: Workload, lay: Layout, first: bool, last: bool) -> Memory:
+def _rank_memory(w: Workload, lay: Layout, rank: int) -> Memory:
     cfg, e = w.model, w.compute_bytes
-    layers = stage_layers(w, lay)[0 if first else 1]
+    first, last = rank == 0, rank == lay.pp - 1
+    layers = rank_layers(w, lay)[rank]
     per_block = block_params(cfg, lay.tp)
     root = root_params(cfg, lay, first, last)
     params = layers * per_block + root
@@ -167,8 +168,7 @@ def _stage_memory(w: Workload, lay: Layout, first: bool, last: bool) -> Memory:
     else:
         grads = 0.0  # the step's only backward: shards appear while activations are freed
     activations = stage_activations(w, lay, layers, last)
-    # 1F1B's last stage finishes each micro-batch before the next; GPipe's and interleaved stages hold more
-    flights = in_flight(w, lay) if first or lay.pp_schedule != "1f1b" else 1.0
+    flights = in_flight_on(w, lay, rank)
     held, chunk = loss_buffers(w, lay) if last else (0.0, 0.0)
     tokens = lay.micro_batch * w.seq_len / lay.cp
     # a block's new unsharded gradients, then its float32 reduce-scatter buffers (on GPU the previous
