@@ -65,7 +65,9 @@ def dry_run(cfg: Config, gpus: int) -> DryRun:
         accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dims.dp)
         engine = build_engine(unallocated, model, mesh, dims, accumulation,
                               resolve_dtype(cfg.train.dtype, torch.device("cuda")), torch.device("meta"))
-        local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in engine.model.parameters())
+        modules = getattr(engine, "parts", None) or [engine.model]  # a pipeline engine holds rank 0's stages
+        local = sum((p.to_local() if isinstance(p, DTensor) else p).numel()
+                    for module in modules for p in module.parameters())
         return DryRun(mesh_shape=dict(zip(mesh.mesh_dim_names, mesh.shape)), local_params=local,
                       total_params=total, engine=engine.name)
     finally:
