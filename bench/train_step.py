@@ -2,12 +2,18 @@
 and vs. transformers' GlmForCausalLM of identical dimensions.
 
 Run: .venv/bin/python bench/train_step.py [--repeats 3] [--batch 4] [--seq-len 256] [--device cpu|cuda]
+                                         [--compile] [--activation-checkpointing]
 
-One process, one device, fp32 on CPU / bf16 autocast on GPU. Each step is forward + backward + AdamW,
-exactly the trainer's loss (pretrain.train.loss). Three contenders on the same token ids and shapes:
+One process, one device. Each step is forward + backward + AdamW with exactly the trainer's loss
+(pretrain.train.loss). Our model runs the trainer's own path: parallelize() on a one-rank mesh, i.e.
+FSDP2 with its mixed precision (bf16 parameters and activations on GPU, fp32 on CPU; fp32 gradient
+reduction and master weights), optionally compiled and activation-checkpointed as train.compile /
+train.activation_checkpointing do, and the trainer's AdamW (fused on GPU). Three contenders on the same
+token ids and shapes:
   glm     our GLMModel on GLMCollator batches (glm-10b mixture) from the embedded corpus;
   causal  our GLMModel on the same ids as plain next-token prediction (one causal segment per row);
-  hf      transformers GlmForCausalLM (GLM-4 architecture) built from our config via export.hf_config.
+  hf      transformers GlmForCausalLM (GLM-4 architecture) built from our config via export.hf_config,
+          bf16 autocast on GPU (its usual recipe), fp32 on CPU.
 TFLOP/s counts each batch's real attention work (PaLM 6N + 12·L·H·D·P with P = the keys each query
 may see: GLM's bidirectional Part A costs more than a causal row). If the objective adds no overhead
 beyond those FLOPs, glm and causal reach the same TFLOP/s. MFU needs a peak: the GPU table
@@ -30,6 +36,7 @@ from pretrain.tokens import SpecialTokens
 from pretrain.model.flops import batch_flops
 from pretrain.train.loss import CrossEntropyHead
 from pretrain.train.metrics import peak_tflops
+from pretrain.train.setup import resolve_dtype
 
 _INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
 
@@ -59,17 +66,36 @@ def causal_batch(glm: dict) -> dict:
             "segment_ids": torch.zeros_like(ids), "part_a": torch.zeros_like(ids, dtype=torch.bool)}
 
 
+def trainer_path(model: torch.nn.Module, device: torch.device, args) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The trainer's wrapping of a GLMModel (pretrain.train.setup.build_engine) on a one-rank mesh."""
+    from pretrain.parallel.mesh import ParallelDims, build_mesh, init_distributed
+    from pretrain.parallel.parallelize import parallelize
+    from pretrain.train.config import TrainConfig
+    from pretrain.train.optim import build_optimizer
+    init_distributed(device.type)
+    mesh = build_mesh(device.type, ParallelDims(world_size=1, tp=1))
+    model = parallelize(model.to(device), mesh, sequence_parallel=False,
+                        activation_checkpointing=args.activation_checkpointing, compile=args.compile,
+                        param_dtype=resolve_dtype("auto", device), reshard_after_forward=True)
+    return model, build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=0.0))
+
+
 class Contender:
-    def __init__(self, name: str, model: torch.nn.Module, batches: list[dict], device: torch.device, cfg):
-        self.name, self.model, self.device, self.cfg = name, model.to(device), device, cfg
+    def __init__(self, name: str, model: torch.nn.Module, batches: list[dict], device: torch.device, cfg, args):
+        self.name, self.device, self.cfg = name, device, cfg
         self.batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        if name == "hf":
+            self.model = model.to(device)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.0,
+                                               fused=device.type == "cuda")
+        else:
+            self.model, self.optimizer = trainer_path(model, device, args)
         self.best = [float("inf")] * len(batches)  # fastest time of each batch: load spikes drop out
 
     def loss(self, batch: dict) -> torch.Tensor:
         if self.name == "hf":  # transformers shifts labels itself: give it the unshifted ids
             return self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
-        head = CrossEntropyHead(batch["target_ids"], batch["loss_mask"] / batch["loss_mask"].sum())
+        head = CrossEntropyHead(batch["target_ids"], batch["loss_mask"], batch["loss_mask"].sum().item())
         loss, _ = self.model(*(batch[k] for k in _INPUTS), output_head=head)  # the trainer's chunked loss
         return loss
 
@@ -77,7 +103,9 @@ class Contender:
         batch = self.batches[i % len(self.batches)]
         _sync(self.device)
         start = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        # autocast for transformers only: ours gets its bf16 from FSDP2's mixed precision, as in training
+        hf_on_gpu = self.device.type == "cuda" and self.name == "hf"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=hf_on_gpu):
             loss = self.loss(batch)
         loss.backward()
         self.optimizer.step()
@@ -110,6 +138,8 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the 4 batches (best time kept)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU")
+    parser.add_argument("--compile", action="store_true", help="ours: torch.compile per block (train.compile)")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="ours: train.activation_checkpointing")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -122,18 +152,19 @@ def main() -> None:
     causal = [causal_batch(b) for b in glm]
     from transformers import GlmConfig, GlmForCausalLM
     hf = GlmForCausalLM(GlmConfig(**{k: v for k, v in hf_config(ours, SpecialTokens()).items() if k != "architectures"}))
-    hf.load_state_dict(hf_state_dict(ours))
+    hf.load_state_dict(hf_state_dict(ours))  # before ours is sharded
     hf.config._attn_implementation = "sdpa"
-    contenders = [Contender("glm", ours, glm, device, cfg),
-                  Contender("causal", GLMModel(cfg).to(device), causal, device, cfg),
-                  Contender("hf", hf, causal, device, cfg)]
+    contenders = [Contender("glm", ours, glm, device, cfg, args),
+                  Contender("causal", GLMModel(cfg), causal, device, cfg, args),
+                  Contender("hf", hf, causal, device, cfg, args)]
     batches = len(glm)
     for i in range(batches * (1 + args.repeats)):  # first pass: warm-up
         for contender in contenders:  # interleaved: load changes hit all three alike
             contender.step(i, timed=i >= batches)
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}; ours: FSDP2 "
+          f"{resolve_dtype('auto', device)}, compile {args.compile}, AC {args.activation_checkpointing}")
     print(f"model: GLM-4 arch, hidden {cfg.hidden_size}, layers {cfg.num_layers}, heads {cfg.num_heads}/"
           f"{cfg.num_kv_heads}, ffn {cfg.ffn_hidden_size}, vocab {cfg.vocab_size}; batch {args.batch} x "
           f"{args.seq_len}, {batches} batches, best of {args.repeats} timed passes")

@@ -1,13 +1,17 @@
 """glm-pretrain: ``python -m pretrain COMMAND``, every command one module in ``pretrain/cli/``.
 
 Each module exposes ``add_arguments(parser)`` and ``main(args) -> int``; it is imported only when its
-command runs, so ``--help`` is fast. The CLIs sit on top of the packages: nothing imports them.
+command runs, so ``--help`` is fast. Every verb runs under ``cli/_errors.run_verb``: an error a person
+can act on is one line and exit code 2 (``--debug`` shows the traceback). The CLIs sit on top of the
+packages: nothing imports them.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from pretrain.cli._errors import add_debug_argument, run_verb
 
 SUBCOMMANDS = {
     # name: (module in pretrain/cli/, one-line help)
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"python -m pretrain {argv[0]}",
                                              description=SUBCOMMANDS[argv[0]][1])
     module.add_arguments(command_parser)
-    return int(module.main(command_parser.parse_args(argv[1:])) or 0)
+    add_debug_argument(command_parser)
+    return run_verb(argv[0], module.main, command_parser.parse_args(argv[1:]))
 
 
 if __name__ == "__main__":

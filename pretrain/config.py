@@ -8,6 +8,7 @@ and wrong types are errors that name the file and the key), overrides, and ``val
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -85,6 +86,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     return obj
 
 
+def coerce_fields(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The known fields of dataclass ``cls`` in ``data``, type-checked and converted as ``from_dict`` does
+    (for a partial set of fields, e.g. overrides of a preset); unknown keys pass through unchanged."""
+    hints = typing.get_type_hints(cls)
+    return {name: _coerce(hints[name], value, f"{where}.{name}") if name in hints else value
+            for name, value in data.items()}
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass tree to plain YAML-able python objects."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -134,17 +143,25 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         key_type, value_type = args if args else (Any, Any)
         return {_coerce(key_type, k, f"{where}.{k}"): _coerce(value_type, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "3e-4" as a string
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float:
+        return _finite_float(value, where)
     if isinstance(tp, type):
         if tp is int and isinstance(value, bool) or not isinstance(value, tp):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _finite_float(value: Any, where: str) -> float:
+    """Every float of every section: ints and YAML 1.1 strings ("3e-4") accepted, nan and inf refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{where}: expected float, got str {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not a finite number; give a finite value")
+    return number
 
 
 def _deep_copy(data: Any) -> Any:

@@ -1,4 +1,4 @@
-"""GLM special tokens by role (DESIGN.md contract 3): each role has its own id in the tokenizer in use.
+"""GLM special tokens by role (docs/contracts.md §3): each role has its own id in the tokenizer in use.
 
 The ids are never assumed: ``pretrain.data.tokenizer.resolve_special_tokens`` finds each role's token
 by name in the tokenizer (ours or an existing one, e.g. GLM-4's with its specials above id 150,000)

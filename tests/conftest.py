@@ -45,3 +45,30 @@ def single_process_env(monkeypatch):
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(port)).items():
         monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def trainer_factory(tmp_path_factory, single_process_env):
+    """make(run_dir, *overrides) -> a Trainer on a one-process gloo group: glm-tiny from the smoke config,
+    tp 1, seq_len 64, 2 micro-batches of 2 rows, the embedded corpus, no eval, no TensorBoard."""
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from pretrain.data.corpus import prepare_embedded_corpus
+    from pretrain.train.config import load_config
+    cache = tmp_path_factory.getbasetemp() / "train-corpus"  # shared with test_train_distributed.py
+    prepare_embedded_corpus(cache)
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+    def make(run_dir: Path, *overrides: str):
+        from pretrain.train.loop import Trainer
+        cfg = load_config(smoke, ["parallel.tp=1", "train.seq_len=64", "train.global_batch_size=4",
+                                  "train.micro_batch_size=2", "eval.interval=0", "metrics.tensorboard=false",
+                                  "data.corpus=embedded", f"data.cache_dir={cache}", "data.num_workers=0",
+                                  f"run.dir={run_dir}", *overrides])
+        return Trainer(cfg)
+
+    yield make
+    if dist.is_initialized():
+        dist.destroy_process_group()

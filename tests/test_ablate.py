@@ -69,7 +69,7 @@ def test_sweep_summarizes_each_variant_from_its_metrics(sweep_out):
         assert row[2] == f"{last['loss']:.4f}" and row[4] == f"{last['eval/loss']:.4f}"
         # scored under the common objective, not the training one
         assert row[5] == f"{last['eval/loss/document']:.4f}"
-        assert [key for key in last if key.startswith("eval/")] == ["eval/loss", "eval/loss/document"]
+        assert [key for key in last if key.startswith("eval/loss")] == ["eval/loss", "eval/loss/document"]
         assert float(row[6]) == pytest.approx(statistics.median(r["tokens_per_s"] for r in records), abs=0.5)
         marker = json.loads((out / row[0] / MARKER).read_text())
         assert float(row[7]) == pytest.approx(marker["wall_s"], abs=0.05) and marker["wall_s"] > 0
@@ -99,7 +99,7 @@ def test_changed_overrides_of_a_started_variant_are_refused(sweep_out, capsys):
 
 def test_unknown_override_key_fails_before_any_run(tmp_path, capsys):
     sweep = write_sweep(tmp_path, tmp_path / "cache",
-                        {"good": [], "bad": ["objective.mask_ratio=0.2", "objective.maskratio=0.3"]})
+                        {"good": [], "bad": ["objective.token.mask_ratio=0.2", "objective.maskratio=0.3"]})
     assert cli(["ablate", "--sweep", str(sweep), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "variant 'bad'" in err and "maskratio" in err
@@ -121,7 +121,7 @@ def test_summary_says_when_eval_losses_are_not_comparable(tmp_path):
     _, variants = load_sweep(sweep, tmp_path / "out", [])
     assert "NOT comparable" in summary_markdown(variants, [])
     sweep = write_sweep(tmp_path, tmp_path / "cache", {
-        "a": [], "b": ["eval.objective.mask_ratio=0.3"], "c": ["train.seed=1"], "d": ["data.alpha=1.0"],
+        "a": [], "b": ["eval.objective.token.mask_ratio=0.3"], "c": ["train.seed=1"], "d": ["data.alpha=1.0"],
         "same-task": ["eval.objective.layout=legacy", "data.num_workers=2", "train.lr=1e-3"]})
     _, variants = load_sweep(sweep, tmp_path / "out", [])
     assert "NOT comparable across variants: variants ['b', 'c', 'd'] are evaluated on other samples" in \

@@ -42,6 +42,8 @@ def test_preprocess_then_inspect(workspace, capsys):
     assert "<sop>" in out and "[MASK]" in out
 
 
-def test_preprocess_reports_bad_input_clearly(workspace):
-    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
-        main(["preprocess", "--input", f"en={workspace / 'missing.jsonl'}", "--tokenizer", "t.json", "--output", "o"])
+def test_preprocess_reports_bad_input_clearly(workspace, capsys):
+    missing = f"en={workspace / 'missing.jsonl'}"
+    code = main(["preprocess", "--input", missing, "--tokenizer", "t.json", "--output", "o"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("preprocess: input file ") and err.endswith("missing.jsonl does not exist\n")

@@ -90,7 +90,7 @@ def test_each_language_epoch_covers_every_training_document_exactly_once(cfg):
                                    for d in train[order]])
         np.testing.assert_array_equal(stream, expected)
         lengths = [sum(map(len, by_position[w])) for w in range(windows.samples_per_epoch)]
-        assert set(lengths[:-1]) == {50} and 0 < lengths[-1] <= 50  # only the epoch's last window is short
+        assert max(lengths) <= 50 and max(lengths) - min(lengths) <= 1  # no nearly empty window at the end
     assert not np.array_equal(windows.epoch(0)[0], windows.epoch(1)[0])  # fresh order per epoch
 
 
@@ -237,7 +237,8 @@ def test_windows_cut_the_framed_epoch_stream_exactly(lengths, raw_len, epoch):
         stream = np.concatenate([np.concatenate(cut[w]) for w in range(windows.samples_per_epoch)])
     framed = [np.concatenate([[special.cls], tokens[offsets[d]:offsets[d + 1]], [special.eos]]) for d in order]
     np.testing.assert_array_equal(stream, np.concatenate(framed))
-    assert all(sum(map(len, cut[w])) == raw_len for w in range(windows.samples_per_epoch - 1))
+    lengths = [sum(map(len, cut[w])) for w in range(windows.samples_per_epoch)]
+    assert max(lengths) <= raw_len and max(lengths) - min(lengths) <= 1, "equal windows, the epoch's rest spread"
 
 
 def test_epoch_indices_are_cached_and_reused(cfg, tmp_path, monkeypatch):

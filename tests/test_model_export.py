@@ -1,4 +1,5 @@
-"""GLM-4 interoperability: export_hf output loads into transformers' GlmForCausalLM with the same logits."""
+"""GLM-4 interoperability: export_hf output loads into transformers (GlmForCausalLM; with the run's
+tokenizer, AutoTokenizer + AutoModelForCausalLM with no extra step) and gives the same logits."""
 import dataclasses
 import json
 
@@ -72,3 +73,29 @@ def test_export_refuses_architectures_transformers_would_compute_differently(tmp
     with pytest.raises(ValueError, match=r"this model has \{'position_encoding': 'learned_2d'"):
         export_hf(build_model("glm-tiny"), tmp_path, SpecialTokens())
     assert not (tmp_path / "config.json").exists()
+
+
+def test_exported_directory_loads_with_auto_classes_tokenizer_and_generation_config(tmp_path):
+    from hf_assets import save_hf_glm4, save_hf_tokenizer, train_bpe
+    from pretrain.train.run_dir import load_trained_model, resolved_special_tokens, run_tokenizer
+    save_hf_tokenizer(train_bpe(), tmp_path / "hf")
+    save_hf_glm4(tmp_path / "hf", vocab_size=512)
+    assert cli(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
+    assert cli(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ours, special = run_tokenizer(tmp_path / "run"), resolved_special_tokens(tmp_path / "run")
+    text = "The quick brown fox, 1234."
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == ours.encode(text, add_special_tokens=False).ids
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.cls_token_id, tokenizer.mask_token_id) == \
+        (special.pad, special.eos, special.cls, special.mask)
+    assert tokenizer("a [gMASK]<sop>", add_special_tokens=False)["input_ids"][-2:] == [special.gmask, special.sop]
+    assert model.generation_config.eos_token_id == [special.eos, special.eop]
+    assert model.generation_config.pad_token_id == special.pad
+    assert f"{model.num_parameters():,} parameters" in (tmp_path / "out" / "README.md").read_text()
+    input_ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    causal = dict(position_ids=torch.arange(input_ids.shape[1])[None], block_position_ids=torch.zeros_like(input_ids),
+                  segment_ids=torch.zeros_like(input_ids), part_a=torch.zeros_like(input_ids, dtype=torch.bool))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=input_ids).logits,
+                                   load_trained_model(tmp_path / "run")(input_ids, **causal), atol=1e-5, rtol=1e-5)

@@ -5,8 +5,8 @@ from torch import nn
 
 from pretrain.model import PRESETS, batch_flops, build_model, flops_per_token, matmul_params, model_config
 
-# Published sizes (reference-glm-objective.md §5; model cards). The GLM-1 and GLM-130B counts tie the
-# head to the embedding; ChatGLM-6B's "6.2B" counts one vocab matrix although its lm_head is separate.
+# Published sizes (reference-glm-objective.md §5; model cards). GLM-1, GLM-130B and ChatGLM-6B tie the
+# head to the embedding (ChatGLM-6B's lm_head is tied by transformers: its "6.2B" is 6,173,286,400).
 PUBLISHED = {"glm-base": 110e6, "glm-large": 335e6, "glm-10b": 9.9e9, "glm-130b": 130e9,
              "chatglm-6b": 6.2e9, "glm-4-9b": 9.4e9}
 
@@ -18,11 +18,18 @@ def meta_model(preset: str, **overrides):
 
 @pytest.mark.parametrize("preset", sorted(PUBLISHED))
 def test_parameter_count_matches_published_figure(preset):
-    model = meta_model(preset)
-    count = model.num_params()
-    if preset == "chatglm-6b":
-        count -= model.lm_head.weight.numel()
-    assert count == pytest.approx(PUBLISHED[preset], rel=0.015)
+    assert meta_model(preset).num_params() == pytest.approx(PUBLISHED[preset], rel=0.015)
+
+
+def test_chatglm_6b_ties_its_output_layer_to_the_word_embeddings():
+    model = meta_model("chatglm-6b")
+    assert model.lm_head is None and model.num_params() == 6_173_286_400
+
+
+def test_glm1_presets_record_the_published_dropout_and_the_smoke_model_has_none():
+    for preset in ("glm-base", "glm-large", "glm-10b"):
+        assert (PRESETS[preset].dropout, PRESETS[preset].attention_dropout) == (0.1, 0.1), preset
+    assert (PRESETS["glm-tiny"].dropout, PRESETS["glm-tiny"].attention_dropout) == (0.0, 0.0)
 
 
 def test_exact_original_shapes():
@@ -39,7 +46,7 @@ def test_exact_original_shapes():
     assert glm130b["layers.0.mlp.down_proj.weight"] == (12288, 32768)
     assert glm130b["embed_tokens.weight"] == (150528, 12288)
     chatglm = {n: tuple(p.shape) for n, p in meta_model("chatglm-6b").named_parameters()}
-    assert chatglm["lm_head.weight"] == (130528, 4096) and chatglm["layers.27.mlp.up_proj.weight"] == (16384, 4096)
+    assert chatglm["embed_tokens.weight"] == (130528, 4096) and chatglm["layers.27.mlp.up_proj.weight"] == (16384, 4096)
 
 
 def test_glm_4_9b_is_transformers_glm_config_default():

@@ -64,7 +64,7 @@ def test_per_batch_mixture_gives_one_strategy_per_global_batch():
     batch = collator.build(samples(range(64)))
     per_row = [int(np.unique(row[row >= 0])[0]) for row in batch["strategy_ids"]]
     assert all(len(set(per_row[i:i + 4])) == 1 for i in range(0, 64, 4))
-    assert set(per_row) == {0, 1} and collator.strategy_names == ("token", "document")
+    assert set(per_row) == {0, 1} and collator.strategy_names == ("token", "document", "instruction")
 
 
 def test_documents_too_short_to_mask_stay_as_context_and_are_counted():
@@ -79,7 +79,7 @@ def test_documents_too_short_to_mask_stay_as_context_and_are_counted():
 
 
 def test_spans_that_do_not_fit_are_reduced_and_counted():
-    cfg = ObjectiveConfig(strategy="token", mask_ratio=0.8)
+    cfg = from_dict(ObjectiveConfig, {"strategy": "token", "token": {"mask_ratio": 0.8}}, "objective")
     collator = GLMCollator(cfg, S, 512, seed=0, global_batch_size=1)
     batch = collator.build(samples(range(20), length=100, docs_per_row=1))
     assert collator.stats["span_fallbacks"] > 0
@@ -101,7 +101,8 @@ def test_raw_length_leaves_room_for_part_b():
     cfg = ObjectiveConfig()
     assert raw_length(cfg, 512) == 444 and raw_length(cfg, 2048) == 1818
     assert raw_length(ObjectiveConfig(strategy="causal"), 512) == 494   # 9 documents of 64 tokens
-    assert raw_length(ObjectiveConfig(strategy="causal", tokens_per_document=256), 512) == 506
+    assert raw_length(from_dict(ObjectiveConfig, {"strategy": "causal", "causal": {"tokens_per_document": 256}},
+                                "objective"), 512) == 506
     # the mixture reserves for its most demanding strategy
     assert raw_length(ObjectiveConfig(strategy="glm-130b"), 512) == raw_length(cfg, 512)
     collator = GLMCollator(cfg, S, 512, seed=0, global_batch_size=1)
@@ -112,7 +113,7 @@ def test_raw_length_leaves_room_for_part_b():
 
 
 def test_causal_rows_of_documents_at_the_assumed_length_keep_every_span():
-    cfg = ObjectiveConfig(strategy="causal")                      # tokens_per_document = 64
+    cfg = ObjectiveConfig(strategy="causal")                      # causal.tokens_per_document = 64
     collator = GLMCollator(cfg, S, 512, seed=0, global_batch_size=1)
     docs = [np.r_[S.cls, np.arange(10, 72), S.eos]] * (collator.raw_length // 64)
     batch = collator.build([TextSample(0, docs)])

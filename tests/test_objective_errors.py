@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 
 from pretrain.config import ConfigError, from_dict
-from pretrain.objectives import (GLMCollator, ObjectiveConfig, SentenceStrategy, TextSample, TokenStrategy,
-                                 build_sample, raw_length)
+from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, build_sample, raw_length
 from pretrain.objectives.infill import Spans, layout_rows
+from pretrain.objectives.strategies import Context
+from pretrain.objectives.strategies.sentence import SentenceConfig, SentenceStrategy
+from pretrain.objectives.strategies.token import TokenConfig, TokenStrategy
 from pretrain.tokens import SpecialTokens
 
 S = SpecialTokens()
@@ -36,23 +38,39 @@ def test_build_sample_rejects_colliding_special_ids():
         build_sample([11, 12], [(0, 1)], [0], mask_id=5, sop_id=5, eop_id=7)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("mask_ratio", 0.0, "mask_ratio=0.0"), ("mask_ratio", 1.0, "mask_ratio=1.0"),
-    ("sentence_ratio", -0.1, "sentence_ratio=-0.1"), ("document_min_ratio", 0.0, "document_min_ratio"),
-    ("document_suffix_prob", 1.5, "document_suffix_prob"), ("poisson_lambda", 0.0, "poisson_lambda"),
-    ("max_span_length", 0, "max_span_length"), ("strategy", "bert", "'bert' is unknown"),
-    ("tokens_per_document", 1, "tokens_per_document=1"),
+@pytest.mark.parametrize("data, match", [
+    ({"token": {"mask_ratio": 0.0}}, r"objective.token: mask_ratio=0.0"),
+    ({"token": {"mask_ratio": 1.0}}, r"objective.token: mask_ratio=1.0"),
+    ({"sentence": {"mask_ratio": -0.1}}, r"objective.sentence: mask_ratio=-0.1"),
+    ({"document": {"min_ratio": 0.0}}, r"objective.document: min_ratio=0.0"),
+    ({"document": {"suffix_prob": 1.5}}, r"objective.document: suffix_prob=1.5"),
+    ({"token": {"poisson_lambda": 0.0}}, "poisson_lambda"), ({"token": {"max_span_length": 0}}, "max_span_length"),
+    ({"strategy": "bert"}, "'bert' is unknown"), ({"causal": {"tokens_per_document": 1}}, "tokens_per_document=1"),
+    ({"t5": {"mean_span_length": 0.5}}, r"objective.t5: mean_span_length=0.5"),
+    ({"mlm": {"mask_prob": 0.9, "random_prob": 0.2}}, r"mask_prob \+ random_prob"),
+    ({"fim": {"fim_rate": 1.5}}, "fim_rate=1.5"),
+    ({"ul2": {"denoisers": {"R": {"mask_ratio": 2.0}}}}, r"objective.ul2.denoisers.R: mask_ratio=2.0"),
+    ({"ul2": {"denoisers": {"R": {"weight": 0.0}}}}, "positive total weight"),
+    ({"boundaries": "bytes"}, r"boundaries: 'bytes' is not one of"),
 ])
-def test_config_rejects_values_that_cannot_work(field, value, match):
-    with pytest.raises(ValueError, match=match):
-        ObjectiveConfig(**{field: value}).validate()
+def test_config_rejects_values_that_cannot_work(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(ObjectiveConfig, data, "objective")
+
+
+def test_a_section_built_by_hand_is_validated_with_the_objective():
+    with pytest.raises(ValueError, match=r"^token.mask_ratio=1.5 must lie in \(0, 1\)"):
+        ObjectiveConfig(token=TokenConfig(mask_ratio=1.5)).validate()
 
 
 def test_config_errors_name_the_file_and_key():
-    with pytest.raises(ConfigError, match=r"run.yaml:objective.*mask_ratio=1.5"):
-        from_dict(ObjectiveConfig, {"mask_ratio": 1.5}, "run.yaml:objective")
-    with pytest.raises(ConfigError, match=r"unknown key.*mask_prob"):
-        from_dict(ObjectiveConfig, {"mask_prob": 0.1}, "run.yaml:objective")
+    with pytest.raises(ConfigError, match=r"run.yaml:objective.token: mask_ratio=1.5"):
+        from_dict(ObjectiveConfig, {"token": {"mask_ratio": 1.5}}, "run.yaml:objective")
+    with pytest.raises(ConfigError, match=r"run.yaml:objective.token: unknown key.*mask_prob"):
+        from_dict(ObjectiveConfig, {"token": {"mask_prob": 0.1}}, "run.yaml:objective")
+    # The flat knobs of older configs now live in their strategy's section: the error lists the keys.
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['mask_ratio'\].*'token'"):
+        from_dict(ObjectiveConfig, {"mask_ratio": 0.1}, "run.yaml:objective")
     with pytest.raises(ConfigError, match=r"layout.*'stacked'"):
         from_dict(ObjectiveConfig, {"layout": "stacked"}, "run.yaml:objective")
 
@@ -108,12 +126,12 @@ def test_collator_rejects_an_empty_batch_and_bad_sizes():
 ])
 def test_strategies_reject_documents_too_short_for_a_span(document, match):
     with pytest.raises(ValueError, match=match):
-        TokenStrategy(ObjectiveConfig(), S).spans_for(document, seed=0)
+        TokenStrategy(TokenConfig(), Context(S)).spans_for(document, seed=0)
     with pytest.raises(ValueError, match=match):
-        SentenceStrategy(ObjectiveConfig(), S, np.array([9])).spans_for(document, seed=0)
+        SentenceStrategy(SentenceConfig(), Context(S, np.array([9]))).spans_for(document, seed=0)
 
 
 def test_layout_rows_refuses_rows_that_do_not_fit():
-    spans = Spans(np.array([1]), np.array([2]), np.array([S.mask]), np.array([0]))
+    spans = Spans(np.array([1]), np.array([2]), np.array([S.mask]), rank=np.array([0]))
     with pytest.raises(ValueError, match="row 0 needs 6 tokens.*seq_len is 5"):
         layout_rows(np.array([11, 12, 13, 14]), np.array([4]), np.array([0]), 1, 5, spans, S.pad, S.sop, S.eop)

@@ -3,6 +3,7 @@ sentence and document modes."""
 import numpy as np
 import torch
 
+from pretrain.config import from_dict
 from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, attention_matrix, build_sample
 from pretrain.objectives.infill import Spans, layout_rows
 from pretrain.tokens import SpecialTokens
@@ -87,6 +88,8 @@ def test_packed_documents_golden_with_isolating_attention():
     assert out["position_ids"][0].tolist() == [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
     assert out["block_position_ids"][0].tolist() == [0, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 0, 0]
     assert out["segment_ids"][0].tolist() == [0] * 6 + [1] * 5 + [-1] * 3
+    # Contract 2: the whole document learns to end (eop after eos); the cut piece does not (fix 2).
+    assert out["loss_mask"][0].tolist() == [0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0]
     assert out["strategy_ids"][0].tolist() == [0] * 11 + [-1] * 3
     assert out["sample_ids"].tolist() == [7]
     expected = rows_of(
@@ -111,23 +114,25 @@ def test_legacy_layout_golden_one_segment_spans_per_document():
 
 
 def test_sentence_mode_golden():
-    # cls a . b c . d eos with "." = 20: sentences [a .], [b c .] and the fragment [d]; a ratio near 1
-    # takes all of them, Part B left to right.
-    cfg = ObjectiveConfig(strategy="sentence", sentence_ratio=0.99, shuffle_order=False)
+    # cls a . b c . d eos with "." = 20: sentences [a .], [b c .] and the fragment [d]. A document of
+    # several sentences keeps one out of the draw (for sample 0: [d]); a ratio near 1 takes the
+    # others, Part B left to right.
+    cfg = from_dict(ObjectiveConfig, {"strategy": "sentence", "sentence": {"mask_ratio": 0.99},
+                                      "shuffle_order": False}, "objective")
     collator = GLMCollator(cfg, S, seq_len=64, seed=0, global_batch_size=1, sentence_end_ids=np.array([20]))
     out = collator.build([TextSample(0, [np.array([2, 11, 20, 12, 13, 20, 14, 1])])])
-    n = 14
-    assert out["input_ids"][0, :n].tolist() == [2, 4, 4, 4, 1, 6, 11, 20, 6, 12, 13, 20, 6, 14]
-    assert out["target_ids"][0, :n].tolist() == [2, 4, 4, 4, 1, 11, 20, 7, 12, 13, 20, 7, 14, 7]
-    assert out["position_ids"][0, :n].tolist() == [0, 1, 2, 3, 4, 1, 1, 1, 2, 2, 2, 2, 3, 3]
-    assert out["block_position_ids"][0, :n].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 1, 2, 3, 4, 1, 2]
+    n = 12
+    assert out["input_ids"][0, :n].tolist() == [2, 4, 4, 14, 1, 6, 11, 20, 6, 12, 13, 20]
+    assert out["target_ids"][0, :n].tolist() == [2, 4, 4, 14, 1, 11, 20, 7, 12, 13, 20, 7]
+    assert out["position_ids"][0, :n].tolist() == [0, 1, 2, 3, 4, 1, 1, 1, 2, 2, 2, 2]
+    assert out["block_position_ids"][0, :n].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 1, 2, 3, 4]
     assert (out["segment_ids"][0, n:] == -1).all()
 
 
 def test_document_mode_golden_full_span():
     # min_ratio 1 makes the [gMASK] span the whole text after cls, eos included (contract 2):
     # cls [gMASK] | sop a b c eos.
-    cfg = ObjectiveConfig(strategy="document", document_min_ratio=1.0)
+    cfg = from_dict(ObjectiveConfig, {"strategy": "document", "document": {"min_ratio": 1.0}}, "objective")
     out = GLMCollator(cfg, S, seq_len=12, seed=3, global_batch_size=1).build(
         [TextSample(0, [np.array([2, 11, 12, 13, 1])])])
     assert out["input_ids"][0].tolist() == [2, 5, 6, 11, 12, 13, 1, 0, 0, 0, 0, 0]

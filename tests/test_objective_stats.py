@@ -5,7 +5,9 @@ import math
 import numpy as np
 from scipy import stats
 
-from pretrain.objectives import DocumentStrategy, GLMCollator, ObjectiveConfig, TextSample
+from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample
+from pretrain.objectives.strategies import Context
+from pretrain.objectives.strategies.document import DocumentConfig, DocumentStrategy
 from pretrain.tokens import SpecialTokens
 
 S = SpecialTokens()
@@ -95,7 +97,7 @@ def test_batch_mixture_frequencies_and_agreement_across_ranks():
     picks = collator.row_strategies(np.arange(4 * 3000))
     per_batch = picks.reshape(3000, 4)
     assert (per_batch == per_batch[:, :1]).all(), "one strategy per global batch, whatever the rank slice"
-    assert collator.strategy_names == ("token", "sentence", "document")
+    assert collator.strategy_names == ("token", "sentence", "document", "instruction")
     counts = np.bincount(per_batch[:, 0], minlength=3)
     assert stats.chisquare(counts, np.array([0.5, 0.3, 0.2]) * 3000).pvalue > P_MIN
     sample_level = GLMCollator(ObjectiveConfig(strategy="glm-10b", mixture_level="sample"), S, 64, 9, 4,
@@ -104,8 +106,7 @@ def test_batch_mixture_frequencies_and_agreement_across_ranks():
 
 
 def test_document_span_length_uniform_and_suffix_share():
-    cfg = ObjectiveConfig(strategy="document", document_min_ratio=0.5, document_suffix_prob=0.3)
-    strategy = DocumentStrategy(cfg, S)
+    strategy = DocumentStrategy(DocumentConfig(min_ratio=0.5, suffix_prob=0.3), Context(S))
     doc = np.r_[S.cls, np.arange(10, 30), S.eos]     # text after cls, eos included: [1, 22), 21 tokens
     spans = [strategy.spans_for(doc, seed=1, sample_id=i)[0] for i in range(3000)]
     lengths = np.array([e - s for s, e in spans])

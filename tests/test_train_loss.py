@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributed.pipelining.microbatch import split_args_kwargs_into_chunks
 
 from pretrain.model.presets import model_config
 from pretrain.model.glm import GLMModel
 from pretrain.train.loss import (LOGITS_CHUNK_BYTES, MIN_CHUNK_TOKENS, CrossEntropyHead, chunk_tokens_for,
                                  chunked_cross_entropy, token_cross_entropy)
-from tests.test_train_units import trainer_factory  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = dict(rtol=1e-6, atol=1e-6)  # float32: only the summation order differs
@@ -78,9 +78,17 @@ def test_model_output_head_gets_the_normed_hidden_states_and_the_head_weight(tie
 
 
 def test_heads_with_equal_targets_compare_equal():  # DeepSpeed AutoTP compares each TP rank's arguments
-    targets, weights = torch.arange(6).view(2, 3), torch.ones(2, 3)
-    assert CrossEntropyHead(targets, weights) == CrossEntropyHead(targets.clone(), weights.clone())
-    assert CrossEntropyHead(targets, weights) != CrossEntropyHead(targets, weights * 2)
+    targets, mask = torch.arange(6).view(2, 3), torch.ones(2, 3)
+    assert CrossEntropyHead(targets, mask, 4.0) == CrossEntropyHead(targets.clone(), mask.clone(), 4.0)
+    assert CrossEntropyHead(targets, mask, 4.0) != CrossEntropyHead(targets, mask, 2.0)
+    assert CrossEntropyHead(targets, mask) != CrossEntropyHead(targets, mask * 0)
+
+
+def test_a_head_is_split_by_rows_like_the_batch_by_a_pipeline_schedule():
+    targets, mask = torch.arange(8).view(4, 2), torch.tensor([[1., 0], [1, 1], [0, 1], [1, 1]])
+    _, chunks = split_args_kwargs_into_chunks((), {"output_head": CrossEntropyHead(targets, mask, 5.0)}, 2)
+    assert [chunk["output_head"] for chunk in chunks] == [CrossEntropyHead(targets[:2], mask[:2], 5.0),
+                                                          CrossEntropyHead(targets[2:], mask[2:], 5.0)]
 
 
 def test_chunk_size_bounds_the_logits_of_one_chunk():

@@ -4,6 +4,10 @@ build's under the same seed, so a meta run reproduces a full run step for step a
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -123,3 +127,14 @@ def test_meta_init_under_tp2_reproduces_the_full_build_and_resumes(base_config, 
     resumed = losses(train(base_config, resume_from(run, 5, tmp_path / "resumed"), 2, *meta))
     assert sorted(resumed) == [6, 7, 8, 9, 10]
     assert all(resumed[s] == got[s] for s in resumed), (resumed, got)
+
+
+@pytest.mark.slow
+def test_meta_init_on_a_2d_mesh_equals_the_full_build():
+    """dp=2 x tp=2 (glm-4-9b.yaml's layout: TP + sequence parallel, FSDP2 over dp, whose dim-0 shards of
+    TP-sharded weights are _StridedShard) on 4 gloo processes: every parameter equals the full build."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+               "-m", "tests.distributed.meta_init_2d"]
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

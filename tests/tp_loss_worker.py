@@ -23,7 +23,7 @@ def loss_and_grads(mesh, sequence_parallel: bool, chunked: bool):
     inputs = (ids, positions, positions * 0, torch.zeros_like(ids), torch.zeros(batch, seq_len, dtype=torch.bool))
     mask = (torch.rand(batch, seq_len, generator=gen) < 0.7).float()
     if chunked:
-        loss, _ = model(*inputs, output_head=CrossEntropyHead(targets, mask / mask.sum(), chunk_tokens=7))
+        loss, _ = model(*inputs, output_head=CrossEntropyHead(targets, mask, mask.sum().item(), chunk_tokens=7))
         loss.backward()
     else:
         logits = model(*inputs)

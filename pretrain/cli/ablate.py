@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pretrain.config import ConfigError, load_yaml, to_dict
 from pretrain.train.config import Config, load_config
+from pretrain.train.metrics import read_jsonl
 
 MARKER = "ablate.json"  # in a variant's run dir: its overrides, wall time so far, whether it finished
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -116,8 +117,7 @@ def run_variant(variant: Variant, base: Path, nproc: int) -> tuple[float, bool]:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(run_dir / "metrics.jsonl")  # a line torn by a crash mid-write is dropped
 
 
 def variant_row(variant: Variant, wall_s: float) -> dict:
@@ -150,15 +150,19 @@ def summary_markdown(variants: list[Variant], rows: list[dict]) -> str:
     differing = differing_eval_sets(variants)
     fixed = all(v.cfg.eval.objective is not None for v in variants)
     strategies = sorted({k for row in rows for k in row if k.startswith("eval/loss/")})
+    # other eval metrics (eval.downstream: eval/cloze_acc, ...) overall here, per language below
+    metrics = sorted({k for row in rows for k in row if k.startswith("eval/") and k.count("/") == 1} - {"eval/loss"})
     columns = ["variant", "step", "train loss (own objective)", "eval step", "eval loss",
-               *[k.removeprefix("eval/loss/") for k in strategies], "tokens/s", "wall s"]
-    formats = {"loss": "{:.4f}", "eval/loss": "{:.4f}", **{k: "{:.4f}" for k in strategies},
+               *[k.removeprefix("eval/loss/") for k in strategies], *[k.removeprefix("eval/") for k in metrics],
+               "tokens/s", "wall s"]
+    formats = {"loss": "{:.4f}", "eval/loss": "{:.4f}", **{k: "{:.4f}" for k in [*strategies, *metrics]},
                "tokens_per_s": "{:.0f}", "wall_s": "{:.1f}"}
-    keys = ["variant", "step", "loss", "eval_step", "eval/loss", *strategies, "tokens_per_s", "wall_s"]
+    keys = ["variant", "step", "loss", "eval_step", "eval/loss", *strategies, *metrics, "tokens_per_s", "wall_s"]
     lines = ["# Ablation sweep", ""]
     if fixed and not differing:
         yardstick = json.dumps(variants[0].cfg.eval.objective)
-        lines += ["Comparable across variants: `eval loss` and the per-strategy eval columns. Every variant is "
+        lines += ["Comparable across variants: `eval loss`, the per-strategy eval columns and the downstream ones "
+                  "(cloze_*, infill_*, with eval.downstream). Every variant is "
                   "evaluated on the same held-out windows with the same masks, under the common eval objective "
                   f"`{yardstick}` (other fields: defaults); variants may differ only in how it is encoded "
                   f"({', '.join(_ENCODING_FIELDS)}).", ""]
@@ -174,6 +178,14 @@ def summary_markdown(variants: list[Variant], rows: list[dict]) -> str:
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join("-" if row.get(k) is None else formats.get(k, "{}").format(row[k]) for k in keys)
               + " |" for row in rows]
+    for metric in metrics:
+        languages = sorted({k.rsplit("/", 1)[1] for row in rows for k in row if k.startswith(f"{metric}/")})
+        if languages:
+            lines += ["", f"`{metric}` per language:", "", "| language | " + " | ".join(r["variant"] for r in rows)
+                      + " |", "|" + "---|" * (len(rows) + 1)]
+            lines += [f"| {lang} | " + " | ".join("-" if row.get(f"{metric}/{lang}") is None else
+                                                  f"{row[f'{metric}/{lang}']:.4f}" for row in rows) + " |"
+                      for lang in languages]
     return "\n".join(lines) + "\n"
 
 
@@ -205,9 +217,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"[ablate] {variant.name}: {'already finished, skipped' if skipped else f'done in {wall:.0f} s'}",
                   flush=True)
             rows.append(variant_row(variant, wall))
-    except (ConfigError, RuntimeError) as err:
+    except RuntimeError as err:  # a variant failed: its log says why (a ConfigError is cli/_errors.py's)
         print(f"ablate: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
+        return 1
     text = summary_markdown(variants, rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(text, encoding="utf-8")

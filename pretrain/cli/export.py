@@ -1,7 +1,9 @@
-"""``python -m pretrain export RUN_DIR --out DIR``: a trained GLM-4-shaped model as a transformers checkpoint.
+"""``python -m pretrain export RUN_DIR --out DIR``: a trained GLM-4-shaped model as a transformers directory.
 
 Loads the run's model (pretrain.train.run_dir: any TP/DP layout, resharded to this process) and writes
-``config.json`` + ``model.safetensors`` for ``GlmForCausalLM.from_pretrained``.
+``config.json`` + ``model.safetensors`` for ``GlmForCausalLM``, ``generation_config.json``, the run's
+tokenizer (``tokenizer.json`` + ``tokenizer_config.json``) and a model card, so that ``AutoTokenizer``
+and ``AutoModelForCausalLM`` load the directory as it is.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pretrain.model.export import export_hf
-from pretrain.train.run_dir import load_trained_model, resolved_special_tokens
+from pretrain.train.run_dir import load_trained_model, resolved_special_tokens, run_checkpoint, run_tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        out = export_hf(load_trained_model(args.run_dir, args.checkpoint), args.out,
-                        resolved_special_tokens(args.run_dir))
+        checkpoint = run_checkpoint(args.run_dir, args.checkpoint)
+        tokenizer = run_tokenizer(args.run_dir)
+        out = export_hf(load_trained_model(args.run_dir, checkpoint), args.out, resolved_special_tokens(args.run_dir),
+                        tokenizer, source=f"{args.run_dir.name} ({checkpoint.name})")
     except ValueError as err:  # ConfigError included: the message names the file and what to change
         print(f"export error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
+    print(f"wrote {out}: config.json, model.safetensors, generation_config.json, README.md"
+          + (", tokenizer.json, tokenizer_config.json" if tokenizer else " (the run has no tokenizer.json)"))
     return 0

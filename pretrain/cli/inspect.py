@@ -1,9 +1,12 @@
 """``python -m pretrain inspect``: what the model is trained on. Per-language counts and tokenizer
-fertility (tokens per character), then one sample decoded with its Part A and Part B side by side."""
+fertility (tokens per character), then one sample decoded with its Part A and Part B side by side;
+with ``--stats N``, what the objective does to N rows (``objectives.stats``) per strategy and language."""
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import sys
 import textwrap
 
 import numpy as np
@@ -18,11 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a run config; its data and objective sections are used")
     parser.add_argument("--data", help="a preprocessed directory, or 'embedded' for the built-in corpus "
                                        "(default: the config's data section)")
+    parser.add_argument("--tokenizer", help="the run's tokenizer (tokenizer.json or a transformers tokenizer "
+                                            "directory); it must be the one the data was preprocessed with")
     parser.add_argument("--sample-id", type=int, default=0, help="global sample id to decode")
     parser.add_argument("--split", default="train", choices=("train", "valid"))
     parser.add_argument("--seq-len", type=int, help="default: the config's train.seq_len, else 512")
     parser.add_argument("--seed", type=int, help="default: the config's train.seed, else 0")
     parser.add_argument("--width", type=int, default=60, help="characters per column")
+    parser.add_argument("--stats", type=int, metavar="N", help="objective statistics over N rows (from --sample-id on)")
+    parser.add_argument("--json", action="store_true", help="with --stats: print only the statistics, as JSON")
+    parser.add_argument("--strategy", help="use this strategy (or preset) instead of the config's objective.strategy")
+    parser.add_argument("--language", help="only rows of this language (statistics and the sample shown)")
 
 
 def _configs(args: argparse.Namespace):
@@ -32,14 +41,36 @@ def _configs(args: argparse.Namespace):
     data = from_dict(DataConfig, raw.get("data"), f"{args.config}: data")
     if args.data:
         data.path, data.corpus = (None, "embedded") if args.data == "embedded" else (args.data, None)
+    if args.tokenizer:
+        data.tokenizer = args.tokenizer
     data.num_workers = 0
-    return data, from_dict(ObjectiveConfig, raw.get("objective"), f"{args.config}: objective"), raw.get("train") or {}
+    objective = dict(raw.get("objective") or {})
+    if args.strategy:
+        objective.update(strategy=args.strategy, mixture={})
+    return data, from_dict(ObjectiveConfig, objective, f"{args.config}: objective"), raw.get("train") or {}
+
+
+def sample_ids(loader, first: int, count: int, language: str | None) -> list[int]:
+    """``count`` sample ids from ``first`` on, of ``language`` only when given."""
+    if language is None:
+        return list(range(first, first + count))
+    if language not in loader.languages:
+        raise ValueError(f"--language {language!r} is not in the data; it has {loader.languages}")
+    found, sample_id = [], first
+    while len(found) < count:
+        if loader.dataset[sample_id].language == language:
+            found.append(sample_id)
+        sample_id += 1
+        if sample_id - first > 1000 * count:
+            raise ValueError(f"--language {language!r}: found only {len(found)} rows in {sample_id - first} samples")
+    return found
 
 
 def print_statistics(loader) -> None:
     manifest = read_manifest(loader.root)
     print(f"data {loader.root}\n  fingerprint {manifest['fingerprint']}, tokenizer sha256 "
-          f"{manifest['tokenizer_sha256'][:16]}, vocab {loader.vocab_size}")
+          f"{manifest['tokenizer_sha256'][:16]}, tokenizer fingerprint {manifest.get('tokenizer_fingerprint', '-')}, "
+          f"vocab {loader.vocab_size}")
     print(f"{'lang':>6} {'documents':>10} {'tokens':>12} {'tokens/char':>11} {'empty':>6} {'mix q':>7}")
     for lang, info in manifest["languages"].items():
         fertility = info["n_tokens"] / max(info["n_chars"], 1)
@@ -58,6 +89,7 @@ def print_sample(loader, collator, sample_id: int, width: int) -> None:
     sample = loader.dataset[sample_id]
     batch = {k: v.numpy() for k, v in collator([sample]).items()}
     ids, segments, part_a = batch["input_ids"][0], batch["segment_ids"][0], batch["part_a"][0]
+    positions, predicted = batch["position_ids"][0], batch["loss_mask"][0] > 0
     strategy = collator.strategy_names[batch["strategy_ids"][0][0]]
     decode = lambda tokens: loader.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=False)
     print(f"\nsample {sample_id} ({sample.language}, {sum(map(len, sample.documents))} raw tokens in "
@@ -65,25 +97,41 @@ def print_sample(loader, collator, sample_id: int, width: int) -> None:
           f"positions used)")
     for segment in np.unique(segments[segments >= 0]):
         here = segments == segment
-        print(f"\n{'Part A (context, ' + str(int((here & part_a).sum())) + ' tokens)':<{width}} | "
-              f"Part B (generated, {int((here & ~part_a).sum())} tokens)")
-        part_b = ids[here & ~part_a]
-        blocks = np.split(part_b, np.flatnonzero(part_b == loader.special.sop)[1:])  # one per span
+        inline = int((here & part_a & predicted).sum())  # MLM: predicted in place
+        title = f"Part A (context, {int((here & part_a).sum())} tokens{f', {inline} predicted' if inline else ''})"
+        print(f"\n{title:<{width}} | Part B (generated, {int((here & ~part_a).sum())} tokens)")
+        part_b, span_of = ids[here & ~part_a], positions[here & ~part_a]
+        blocks = np.split(part_b, np.flatnonzero(np.diff(span_of)) + 1)  # one per span (its mask's position)
         print(side_by_side(decode(ids[here & part_a]), "  ".join(decode(b) for b in blocks), width))
 
 
 def main(args: argparse.Namespace) -> int:
     from pretrain.data.loader import glm_collator, open_data
-    from pretrain.objectives import raw_length
-    data, objective, train = _configs(args)
-    seq_len = args.seq_len or train.get("seq_len", 512)
-    seed = train.get("seed", 0) if args.seed is None else args.seed
-    global_batch = train.get("global_batch_size", 1)  # the per-batch strategy choice depends on it
-    source = open_data(data)
-    loader = build_loader(data, lambda samples: samples, seq_len=seq_len, raw_len=raw_length(objective, seq_len),
-                          global_batch_size=global_batch, micro_batch_size=global_batch, dp_rank=0, dp_size=1,
-                          seed=seed, split=args.split, source=source)
-    collator = glm_collator(source, objective, seq_len=seq_len, seed=seed, global_batch_size=global_batch)
+    from pretrain.objectives import declared_special_tokens, raw_length
+    try:
+        data, objective, train = _configs(args)
+        seq_len = args.seq_len or train.get("seq_len", 512)
+        seed = train.get("seed", 0) if args.seed is None else args.seed
+        global_batch = train.get("global_batch_size", 1)  # the per-batch strategy choice depends on it
+        source = open_data(data, declared_special_tokens(objective))
+        loader = build_loader(data, lambda samples: samples, seq_len=seq_len,
+                              raw_len=raw_length(objective, seq_len), global_batch_size=global_batch,
+                              micro_batch_size=global_batch, dp_rank=0, dp_size=1, seed=seed, split=args.split,
+                              source=source)
+        collator = glm_collator(source, objective, seq_len=seq_len, seed=seed, global_batch_size=global_batch)
+        shown = sample_ids(loader, args.sample_id, 1, args.language)[0]
+        if args.stats:
+            from pretrain.objectives.stats import format_stats, objective_stats
+            rows = [loader.dataset[i] for i in sample_ids(loader, args.sample_id, args.stats, args.language)]
+            stats = objective_stats(collator, rows)
+            if args.json:
+                print(json.dumps(stats, indent=1))
+                return 0
+    except ValueError as err:
+        print(f"inspect: {err}", file=sys.stderr)
+        return 2
     print_statistics(loader)
-    print_sample(loader, collator, args.sample_id, args.width)
+    if args.stats:
+        print("\n" + format_stats(stats))
+    print_sample(loader, collator, shown, args.width)
     return 0

@@ -12,7 +12,9 @@ from pretrain.cli.tokenizer import add_source_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--tokenizer", required=True, help="tokenizer.json (see `python -m pretrain tokenizer`)")
+    parser.add_argument("--tokenizer", required=True,
+                        help="a tokenizer.json (see `python -m pretrain tokenizer`) or a local transformers "
+                             "tokenizer directory (its fast tokenizer)")
     parser.add_argument("--output", required=True, help="output directory (manifest.json + shards)")
     parser.add_argument("--shard-documents", type=int, default=DEFAULT_SHARD_DOCUMENTS,
                         help="input rows per shard (shards are the unit a re-run skips)")
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if not args.input:
-        raise SystemExit("preprocess: give at least one --input [LANG=]PATH")
+        raise ValueError("give at least one --input [LANG=]PATH")
     if args.num_proc and args.num_proc > 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked workers must not share Rust thread pools
     sources = read_sources(args.input, text_column=args.text_column, lang_column=args.lang_column,

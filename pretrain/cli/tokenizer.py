@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     if args.embedded == bool(args.input):
-        raise SystemExit("tokenizer train: give either --embedded or --input files, not both or neither")
+        raise ValueError("tokenizer train: give either --embedded or --input files, not both or neither")
     if args.embedded:
         texts = embedded_documents()
     else:
@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
                 rows = source.dataset.select(range(min(len(source.dataset), args.max_rows)))
                 texts[source.lang] = [t for t in rows[args.text_column] if isinstance(t, str) and t.strip()]
     lines = sample_training_text(texts, alpha=args.alpha, max_chars=args.max_chars, seed=args.seed)
-    tokenizer = train_tokenizer(lines, args.vocab_size)
+    tokenizer = train_tokenizer(lines, args.vocab_size, progress=True)
     sha = save_tokenizer(tokenizer, args.output)
     print(f"wrote {args.output}: vocab {tokenizer.get_vocab_size()} (languages: {', '.join(sorted(texts))}), "
           f"sha256 {sha}")

@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-
-from pretrain.config import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,14 +19,11 @@ def main(args: argparse.Namespace) -> int:
     # The global grad norm of a (dp, tp) model is reduced over both mesh dims; DTensor warns each run
     # that this takes two all-reduces. It is one scalar per step: not worth the noise.
     logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
-    try:
+    try:  # a refusal (config, data, resume, checkpoint, topology) becomes one line and exit 2: cli/_errors.py
         from pretrain.train.config import load_config  # torch and the packages load only now
         from pretrain.train.loop import Trainer
         cfg = load_config(args.config, args.overrides)
         Trainer(cfg).train()
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
     finally:
         import torch.distributed as dist
         if dist.is_initialized():

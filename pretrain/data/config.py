@@ -10,6 +10,9 @@ from typing import Literal
 class DataConfig:
     # A preprocessed directory (manifest.json + tokenizer.json, see `python -m pretrain preprocess`).
     path: str | None = None
+    # The tokenizer the run uses (a tokenizer.json or a transformers tokenizer directory); null: the copy in
+    # the data directory. It must be the one the data was preprocessed with (same tokenizer fingerprint).
+    tokenizer: str | None = None
     # Instead of path: "embedded" = the built-in multilingual corpus (mimesis text), built under cache_dir.
     corpus: Literal["embedded"] | None = None
     # The embedded corpus and the per-epoch shuffle index cache (<cache_dir>/index).
@@ -21,14 +24,15 @@ class DataConfig:
     # UniMax-style caps: a language stops after this many passes over its data; its share is
     # redistributed over the languages still running.
     max_epochs: dict[str, float] = field(default_factory=dict)
-    num_workers: int = 2
+    num_workers: int = 2  # DataLoader worker processes per rank (0: load in the training process)
     # Slots in one periodic blend block; every block holds each language's exact count.
     blend_block: int = 8192
     # Documents per language held out from training and used by split="valid".
     eval_documents: int = 4
-    # Hash every shard against the manifest when the loader opens the data (sizes are always checked).
+    # Hash each shard's tokens against the manifest once (recorded in <path>/verified.json, or under
+    # cache_dir/verified when path is read-only); sizes and the small offset files are checked at every start.
     verify_checksums: bool = True
-    embedded_vocab_size: int = 2048
+    embedded_vocab_size: int = 2048  # BPE vocabulary of the embedded corpus's tokenizer
     # Role -> token string, for a tokenizer that names a special token differently (e.g. {cls: "<s>"});
     # roles not given are looked up by their usual names and added to the vocabulary when missing.
     special_tokens: dict[str, str] = field(default_factory=dict)

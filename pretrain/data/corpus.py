@@ -1,4 +1,5 @@
-"""The embedded default corpus: real sentences in 22 languages from mimesis (a declared dependency).
+"""The embedded default corpus: real sentences in 22 languages from mimesis (a declared dependency,
+imported only when this corpus is asked for: ``data.corpus: embedded``, ``tokenizer train --embedded``).
 
 mimesis ships curated text per locale (``mimesis/datasets/<locale>/text.json``: encyclopedic
 sentences, quotes, proverbs; English also has trivia questions). Sizes are very skewed (a few dozen
@@ -16,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 
 import datasets
-import mimesis
 
 from pretrain.data.preprocess import preprocess
 from pretrain.data.sources import LanguageSource
@@ -32,7 +32,7 @@ CORPUS_VERSION = 1
 
 
 def embedded_documents() -> dict[str, list[str]]:
-    root = resources.files("mimesis") / "datasets"
+    root = resources.files("mimesis") / "datasets"  # mimesis >= 18 (Arabic arrived in 18)
     documents = {}
     for lang in LANGUAGES:
         data = json.loads((root / lang / "text.json").read_text(encoding="utf-8"))
@@ -61,6 +61,8 @@ def prepare_embedded_corpus(cache_dir: str | Path, vocab_size: int = 2048) -> Pa
     Safe under concurrency: each caller builds in its own temporary directory and publishes it with
     one atomic rename; a caller that loses the race discards its copy (the builds are identical).
     """
+    import mimesis
+
     cache_dir = Path(cache_dir)
     final = cache_dir / f"embedded-v{CORPUS_VERSION}-mimesis{mimesis.__version__}-vocab{vocab_size}"
     if (final / MANIFEST).is_file():

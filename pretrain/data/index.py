@@ -1,6 +1,8 @@
 """Per-language windows: epoch e of a language is its documents in a seeded order, each framed as
-[cls] + tokens + [eos], concatenated and cut into windows of ``raw_len`` tokens (the last window of
-an epoch may be shorter: nothing is dropped), visited in a seeded order.
+[cls] + tokens + [eos], concatenated and cut into ceil(tokens / raw_len) windows of equal length (to
+one token; at most ``raw_len``), visited in a seeded order. Nothing is dropped, and the epoch's
+remainder is spread over all its windows instead of ending it with a nearly empty one (a 1-token
+window was a whole row of padding at every epoch end of a small language).
 
 Everything is a pure function of (store contents, document subset, raw_len, seed, language, epoch)
 and is built with vectorised numpy the first time an epoch is touched (about 1 s per 10 M
@@ -23,7 +25,7 @@ from pretrain.data.mixture import language_seed
 from pretrain.data.store import LanguageStore
 from pretrain.tokens import SpecialTokens
 
-INDEX_VERSION = "windows-v1"
+INDEX_VERSION = "windows-v2"
 FRAME = 2  # cls + eos around every document
 EVAL_SALT = 0x6576616C  # held-out documents do not depend on the training seed
 EPOCHS_KEPT = 2
@@ -95,8 +97,7 @@ class LanguageWindows:
         """The k-th window of this language's infinite epoch sequence, one array per document piece."""
         e, position = divmod(k, self.samples_per_epoch)
         order, ends, windows = self.epoch(e)
-        start = int(windows[position]) * self.raw_len
-        stop = min(start + self.raw_len, self.tokens_per_epoch)
+        start, stop = self.bounds(int(windows[position]))
         pieces = []
         d = int(np.searchsorted(ends, start, side="right"))  # first document ending after start
         while d < len(order) and (doc_start := int(ends[d] - self.framed[order[d]])) < stop:
@@ -104,6 +105,11 @@ class LanguageWindows:
                                        min(stop, int(ends[d])) - doc_start))
             d += 1
         return pieces
+
+    def bounds(self, w: int) -> tuple[int, int]:
+        """[start, stop) of window w in the epoch's framed token stream."""
+        n, total = self.samples_per_epoch, self.tokens_per_epoch
+        return w * total // n, (w + 1) * total // n
 
     def _framed(self, ordinal: int, lo: int, hi: int) -> np.ndarray:
         """Tokens [lo, hi) of document ``ordinal`` framed as [cls] + tokens + [eos]."""

@@ -10,7 +10,11 @@ rank runs the same number of steps and nothing is counted twice.
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -25,15 +29,21 @@ from pretrain.data.index import INDEX_VERSION, LanguageWindows, split_documents
 from pretrain.data.mixture import Mixture, mixture_weights
 from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
 from pretrain.data.store import TOKENIZER, TokenStore, open_store
-from pretrain.data.tokenizer import load_tokenizer, padded_vocab_size, resolve_special_tokens
-from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, sentence_end_ids
+from pretrain.data.token_tables import token_tables
+from pretrain.data.tokenizer import load_tokenizer, resolve_special_tokens, tokenizer_fingerprint
+from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, TokenTables, sentence_end_ids
 from pretrain.tokens import SpecialTokens
 
+logger = logging.getLogger(__name__)
+
 STATE_VERSION = 1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # what a cluster sends to stop a job
+MAX_WORKER_RESTARTS = 3  # in a row without a batch in between
 SPLITS = ("train", "valid")
 RESUME_FIXES = {
     "data_fingerprint": "the training data changed since the checkpoint; resume with the same data, or start a new run",
-    "tokenizer_sha256": "the tokenizer changed since the checkpoint; resume with the same tokenizer.json",
+    "tokenizer_sha256": "the tokenizer changed since the checkpoint (the tokenizer.json of data.path); resume with "
+                        "data preprocessed by the checkpoint's tokenizer",
     "index_version": "the sample-index algorithm changed; resume with the code version that wrote the checkpoint",
     "mixture_hash": "the language mixture (alpha, weights, max_epochs, blend_block) changed; restore it",
 }
@@ -41,10 +51,35 @@ RESUME_FIXES = {
 
 class DataExhaustedError(RuntimeError):
     """Every language reached its max_epochs cap."""
+    user_error = True  # one line, exit 2 (pretrain/cli/_errors.py)
 
 
 class ResumeMismatchError(ValueError):
     """A checkpoint's loader state does not describe this run's data stream."""
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers: a stop signal sent to a process group (torchrun, Slurm) reaches them too; the
+    trainer decides when to stop (it saves first) and then shuts its workers down itself. So a worker
+    ignores these signals, except from its parent: the DataLoader ends a stuck worker with SIGTERM (and
+    so does multiprocessing at exit), which SIG_IGN would turn into a hang. The signals are blocked and
+    a thread reads each one with its sender (sigwaitinfo), which a handler cannot see."""
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # threads started later inherit the mask
+
+    def watch() -> None:
+        while True:
+            sender = signal.sigwaitinfo(STOP_SIGNALS).si_pid
+            if sender == parent or os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="stop-signal-watch", daemon=True).start()
+
+
+def _worker_died(err: Exception) -> bool:
+    """A worker killed by a signal: the DataLoader's own check ("DataLoader worker ... exited"), or a batch
+    the dead worker had queued whose shared memory it can no longer hand over (connection reset)."""
+    return isinstance(err, (ConnectionError, EOFError)) or "DataLoader worker" in str(err)
 
 
 class EvalIndex:
@@ -95,21 +130,51 @@ class PretrainLoader:
         return len(self._sampler())
 
     def __iter__(self) -> Iterator[dict]:
-        sampler = self._sampler()
-        workers = self.num_workers
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=workers,
-            pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)
-        for batch in loader:
-            if self.split == "train":
-                self.consumed_samples += sampler.step  # counted when handed over, not when prefetched
-            else:
-                batch["loss_mask"][batch["sample_ids"] >= self.dataset.index.total_samples] = 0
-            yield batch
+        restarts = 0
+        while True:  # once, unless a worker dies: then again from consumed_samples (exact)
+            sampler = self._sampler()
+            try:
+                for batch in self._batches(sampler):
+                    if self.split == "train":
+                        self.consumed_samples += sampler.step  # counted when handed over, not when prefetched
+                    else:
+                        batch["loss_mask"][batch["sample_ids"] >= self.dataset.index.total_samples] = 0
+                    restarts = 0
+                    yield batch
+            except (RuntimeError, ConnectionError, EOFError) as err:
+                if self.split != "train" or not _worker_died(err) or restarts == MAX_WORKER_RESTARTS:
+                    raise
+                restarts += 1
+                logger.warning("%s; restarting the data loader at sample %d", err, self.consumed_samples)
+                continue
+            break
         if self.split == "train":
             raise DataExhaustedError(
                 f"training data exhausted after {self.consumed_samples} samples: every language reached "
                 f"its data.max_epochs cap; raise the caps or train for fewer steps")
+
+    def _batches(self, sampler: RankBatchSampler) -> Iterator[dict]:
+        # Its own generator: a DataLoader iterator draws its base seed from the global torch RNG otherwise,
+        # which would shift dropout after a resume (the samples never depend on the seed).
+        workers = self.num_workers
+        sources = {name: i for i, name in enumerate(self.languages)}
+        batches = iter(torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=workers,
+            collate_fn=functools.partial(collate_with_sources, self.collator, sources),
+            pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None,
+            worker_init_fn=_ignore_stop_signals if workers else None, generator=torch.Generator().manual_seed(0)))
+        if workers and threading.current_thread() is threading.main_thread():
+            # The workers started, and torch installed its SIGCHLD handler, which raises "DataLoader worker
+            # killed" wherever the main thread is (mid-step, mid-save). Without it next() sees a dead worker
+            # (the DataLoader checks every 5 s) and __iter__ restarts the workers.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        return batches
+
+    def describe(self) -> str:
+        """One line: which data, tokenizer and language mixture this loader reads."""
+        mixture = ", ".join(f"{lang} {weight:.3f}" for lang, weight in sorted(self.mixture_weights.items()))
+        return (f"data {self.root} (fingerprint {self.identity['data_fingerprint']}), tokenizer sha256 "
+                f"{self.identity['tokenizer_sha256'][:16]} (vocabulary {self.vocab_size}), mixture {mixture}")
 
     def language_epochs(self) -> dict[str, float]:
         """Passes over each language's training data so far (for logging; tail languages repeat)."""
@@ -142,6 +207,14 @@ class PretrainLoader:
         self.consumed_samples = consumed
 
 
+def collate_with_sources(collator: Callable, source_index: Mapping[str, int], samples: list[TextSample]) -> dict:
+    """The collator's batch plus ``source_ids`` [B] int64: each row's source, an index into
+    ``PretrainLoader.languages`` (the trainer's per-source losses)."""
+    batch = collator(samples)
+    batch["source_ids"] = torch.tensor([source_index[sample.language] for sample in samples], dtype=torch.int64)
+    return batch
+
+
 @dataclass
 class DataSource:
     """A preprocessed directory opened once (shards checked, tokenizer loaded, special tokens found by
@@ -153,13 +226,18 @@ class DataSource:
 
     @property
     def vocab_size(self) -> int:
-        """The tokenizer's vocabulary (added special tokens included), padded for the model."""
-        return padded_vocab_size(self.tokenizer.get_vocab_size())
+        """The tokenizer's vocabulary, added special tokens included (the model section pads it)."""
+        return self.tokenizer.get_vocab_size()
 
     @functools.cached_property
     def token_texts(self) -> list[str]:
         """Decoded text of every id (e.g. for the collator's sentence-end table)."""
         return [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
+
+    @functools.cached_property
+    def token_tables(self) -> TokenTables:
+        """Where each token id may start or end a span (whole characters, whole words)."""
+        return token_tables(self.tokenizer)
 
 
 def open_data(cfg: DataConfig, declared_special_tokens: Mapping[str, str] = {}) -> DataSource:
@@ -169,20 +247,30 @@ def open_data(cfg: DataConfig, declared_special_tokens: Mapping[str, str] = {}) 
         raise ValueError("data.path is not set: give a preprocessed directory (data.path=DIR, made by `python -m "
                          "pretrain preprocess`) or ask for the built-in corpus by name (data.corpus=embedded)")
     root = Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
-    store = open_store(root, verify_checksums=cfg.verify_checksums)
+    store = open_store(root, verify_checksums=cfg.verify_checksums, record_dir=Path(cfg.cache_dir) / "verified")
     tokenizer = load_tokenizer(root / TOKENIZER)
+    if cfg.tokenizer is not None:  # the run's own copy: it must give the ids the shards hold
+        theirs = tokenizer_fingerprint(tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        ours = tokenizer_fingerprint(tokenizer)
+        if ours != theirs:
+            raise ValueError(f"data.tokenizer={cfg.tokenizer} (fingerprint {ours}) is not the tokenizer {root} was "
+                             f"preprocessed with ({root / TOKENIZER}, fingerprint {theirs}); preprocess the data "
+                             f"with --tokenizer {cfg.tokenizer}, or drop data.tokenizer to use the data's own")
     try:
         special = resolve_special_tokens(tokenizer, declared_special_tokens, cfg.special_tokens)
     except ValueError as err:
-        raise ValueError(f"{root / TOKENIZER}: {err}") from None
+        raise ValueError(f"{cfg.tokenizer or root / TOKENIZER}: {err}") from None
     return DataSource(root, store, tokenizer, special)
 
 
 def glm_collator(source: DataSource, objective: ObjectiveConfig, *, seq_len: int, seed: int,
                  global_batch_size: int) -> GLMCollator:
-    """The GLM collator for this data's tokenizer (special ids, vocabulary size, sentence ends)."""
+    """The GLM collator for this data's tokenizer (special ids, vocabulary size, sentence ends, span
+    boundary tables)."""
     return GLMCollator(objective, source.special, seq_len, seed, global_batch_size,
-                       sentence_end_ids=sentence_end_ids(source.token_texts), vocab_size=source.vocab_size)
+                       sentence_end_ids=sentence_end_ids(source.token_texts), vocab_size=source.vocab_size,
+                       token_tables=source.token_tables)
 
 
 def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: int, global_batch_size: int,
@@ -210,8 +298,9 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
     if mixture.total_samples is not None and mixture.total_samples < global_batch_size:
         raise ValueError(f"data.max_epochs caps leave {mixture.total_samples} samples, less than one global "
                          f"batch ({global_batch_size}); raise the caps")
-    identity = {"version": STATE_VERSION, "split": split, "data_fingerprint": store.fingerprint,
-                "tokenizer_sha256": store.tokenizer_sha256, "index_version": INDEX_VERSION,
+    # checked in this order on resume: a new tokenizer is named as such, not as new data
+    identity = {"version": STATE_VERSION, "split": split, "tokenizer_sha256": store.tokenizer_sha256,
+                "data_fingerprint": store.fingerprint, "index_version": INDEX_VERSION,
                 "seq_len": seq_len, "raw_len": raw_len, "seed": seed, "global_batch_size": global_batch_size,
                 "eval_documents": cfg.eval_documents, "mixture_hash": mixture.fingerprint()}
     common = dict(identity=identity, micro_batch_size=micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,

@@ -18,8 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pretrain.data.sources import LanguageSource
-from pretrain.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, shard_files, token_dtype
-from pretrain.data.tokenizer import atomic_write, file_sha256, load_tokenizer, resolve_special_tokens
+from pretrain.data.store import (FORMAT_VERSION, MANIFEST, TOKENIZER, data_fingerprint, open_store, shard_files,
+                                 token_dtype)
+from pretrain.data.tokenizer import (atomic_write, file_sha256, load_tokenizer, resolve_special_tokens, save_tokenizer,
+                                     tokenizer_fingerprint)
 
 DEFAULT_SHARD_DOCUMENTS = 1_000_000
 
@@ -115,7 +117,9 @@ def preprocess(sources: list[LanguageSource], tokenizer_path: str | Path, output
     root = Path(output)
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(tokenizer_path)
-    if Path(tokenizer_path).resolve() != (root / TOKENIZER).resolve():
+    if Path(tokenizer_path).is_dir():  # a transformers tokenizer directory: its fast backend's tokenizer.json
+        save_tokenizer(tokenizer, root / TOKENIZER)
+    elif Path(tokenizer_path).resolve() != (root / TOKENIZER).resolve():
         atomic_write(root / TOKENIZER, Path(tokenizer_path).read_bytes())
     tokenizer_sha = file_sha256(root / TOKENIZER)
     vocab_size = tokenizer.get_vocab_size()
@@ -139,8 +143,10 @@ def preprocess(sources: list[LanguageSource], tokenizer_path: str | Path, output
         raise ValueError(f"no language has any non-empty document (empty: {sorted(empty_languages)}); "
                          f"nothing to write to {root}")
     manifest = {"version": FORMAT_VERSION, "tokenizer_sha256": tokenizer_sha, "vocab_size": vocab_size,
-                "dtype": dtype.name, "special_tokens": resolve_special_tokens(tokenizer).roles(),
+                "dtype": dtype.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+                "special_tokens": resolve_special_tokens(tokenizer).roles(),
                 "languages": languages, "empty_languages": empty_languages,
                 "fingerprint": data_fingerprint(tokenizer_sha, languages)}
     atomic_write(root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    open_store(root)  # every shard hashed once more against the manifest, then recorded: training need not
     return root

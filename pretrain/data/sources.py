@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ def check_file(path: Path) -> None:
         raise PermissionError(f"input file {path} is not readable")
     if BUILDERS[path.suffix] == "parquet":
         return  # Arrow validates UTF-8 in string columns itself
+    if path.suffix == ".jsonl":
+        return _check_jsonl(path)
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with open(path, "rb") as handle:
@@ -67,6 +70,30 @@ def check_file(path: Path) -> None:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise ValueError(f"input file {path} is not valid UTF-8: it ends inside a multi-byte character") from None
+
+
+def _check_jsonl(path: Path) -> None:
+    """One JSON object per line, UTF-8: a bad line is refused naming the file and the line."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"input file {path} is not valid UTF-8 at byte {offset + err.start} (line {number}): "
+                                 f"{raw[err.start:err.start + 8]!r}; re-encode it as UTF-8") from None
+            if not line.strip():
+                raise ValueError(f"input file {path}:{number} is blank; JSON Lines holds one JSON object per "
+                                 f"line: delete the blank line")
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"input file {path}:{number} is not valid JSON ({err}); fix or delete the "
+                                 f"line") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"input file {path}:{number} holds a JSON {type(value).__name__}, not an object "
+                                 f"with a text column; fix or delete the line")
+            offset += len(raw)
 
 
 def _load(files: list[Path], text_column: str, sample_by: str, cache_dir: str | None) -> datasets.Dataset:

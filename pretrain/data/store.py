@@ -2,27 +2,36 @@
 
 Layout of a preprocessed directory::
 
-    manifest.json            languages -> shards with counts and sha256, tokenizer sha, fingerprint
+    manifest.json            languages -> shards with counts and sha256, tokenizer sha and tokenizer_fingerprint
+                             (pretrain.data.tokenizer), data fingerprint
     tokenizer.json
     <lang>/shard-00000.bin   flat token ids (uint16 if the vocabulary fits, else uint32)
     <lang>/shard-00000.idx.npy   int64 document offsets into the .bin, n_docs + 1 entries from 0
     <lang>/shard-00000.json  the shard's own metadata; written last, so its presence marks completion
+    verified.json            .bin files already hashed against the manifest (VerificationRecord)
 
+Checks: the manifest, tokenizer hash, every .bin size and every .idx hash at each start (cheap); each .bin
+hash and token range once, at preprocess or first use, then again only if its (size, mtime, inode) changes.
 Documents are stored bare; the loader frames each one as [cls] + tokens + [eos]. Memory maps are
 opened lazily in each process and never pickled (DataLoader workers open their own).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pretrain.data.tokenizer import file_sha256
+from pretrain.data.tokenizer import atomic_write, file_sha256
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"  # VerificationRecord: .bin files already hashed, and their stamps
 TOKENIZER = "tokenizer.json"
 FORMAT_VERSION = 1
 
@@ -107,8 +116,57 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
+def file_stamp(path: Path) -> list[int]:
+    """(size, mtime, inode): what a rewrite, an edit or a copy of the file changes."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+@dataclass
+class VerificationRecord:
+    """The .bin files hashed against the manifest, each with its stamp at the time: a later start whose
+    stamp matches skips the hash (size and .idx are checked at every start; .idx files are small).
+    Read from the first of ``paths`` that holds one, written to the first writable one."""
+    paths: list[Path]
+    entries: dict[str, dict] = field(default_factory=dict)
+    changed: bool = False
+
+    @classmethod
+    def load(cls, paths: list[Path]) -> "VerificationRecord":
+        for path in paths:
+            try:
+                return cls(paths, json.loads(path.read_text(encoding="utf-8"))["shards"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # absent, unreadable or torn: the shards are hashed again and the record rewritten
+        return cls(paths)
+
+    def covers(self, key: str, path: Path, sha256: str) -> bool:
+        entry = self.entries.get(key)
+        return entry is not None and entry.get("sha256") == sha256 and entry.get("stamp") == file_stamp(path)
+
+    def add(self, key: str, path: Path, sha256: str) -> None:
+        self.entries[key] = {"sha256": sha256, "stamp": file_stamp(path)}
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        payload = json.dumps({"shards": self.entries}, indent=1, sort_keys=True).encode()
+        for path in self.paths:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, payload)
+                return
+            except OSError:
+                continue
+        logger.warning("could not record the verified shards in %s; they are hashed again at the next start",
+                       " or ".join(map(str, self.paths)))
+
+
 def _open_shard(root: Path, lang: str, shard: dict, dtype: np.dtype, vocab_size: int,
-                verify: bool) -> np.ndarray:
+                record: VerificationRecord | None) -> np.ndarray:
+    """The shard's document offsets, after its checks: files present, .bin size, .idx hash and structure at
+    every start; the .bin hash and token range once (``record``; None: never)."""
     bin_path, idx_path, _ = shard_files(root, lang, shard["name"])
     for path in (bin_path, idx_path):
         if not path.is_file():
@@ -117,28 +175,34 @@ def _open_shard(root: Path, lang: str, shard: dict, dtype: np.dtype, vocab_size:
     if bin_path.stat().st_size != expected:
         raise CorruptDataError(f"shard file {bin_path} has {bin_path.stat().st_size} bytes, the manifest says "
                                f"{expected} ({shard['n_tokens']} tokens): truncated or replaced; re-run preprocess")
-    if verify:
-        for path, key in ((bin_path, "bin_sha256"), (idx_path, "idx_sha256")):
-            if file_sha256(path) != shard[key]:
-                raise CorruptDataError(f"shard file {path} does not match its sha256 in {root / MANIFEST}: "
-                                       f"modified or corrupted; re-run preprocess")
+    idx_bytes = idx_path.read_bytes()
+    if hashlib.sha256(idx_bytes).hexdigest() != shard["idx_sha256"]:
+        raise CorruptDataError(f"shard file {idx_path} does not match its sha256 in {root / MANIFEST}: "
+                               f"modified or corrupted; re-run preprocess")
+    key = f"{lang}/{bin_path.name}"
+    if record is not None and not record.covers(key, bin_path, shard["bin_sha256"]):
+        if file_sha256(bin_path) != shard["bin_sha256"]:
+            raise CorruptDataError(f"shard file {bin_path} does not match its sha256 in {root / MANIFEST}: "
+                                   f"modified or corrupted; re-run preprocess")
+        top = int(np.memmap(bin_path, dtype=dtype, mode="r").max()) if shard["n_tokens"] else -1
+        if top >= vocab_size:
+            raise CorruptDataError(f"shard file {bin_path} holds token id {top}, outside the vocabulary "
+                                   f"[0, {vocab_size}) of {root / TOKENIZER}")
+        record.add(key, bin_path, shard["bin_sha256"])
     try:
-        offsets = np.load(idx_path)
+        offsets = np.load(io.BytesIO(idx_bytes))
     except ValueError as err:
         raise CorruptDataError(f"shard file {idx_path} is not a valid .npy offsets file: {err}") from err
     if (offsets.shape != (shard["n_docs"] + 1,) or offsets[0] != 0 or offsets[-1] != shard["n_tokens"]
             or np.any(np.diff(offsets) < 0)):
         raise CorruptDataError(f"shard file {idx_path}: offsets do not describe {shard['n_docs']} documents "
                                f"over {shard['n_tokens']} tokens; re-run preprocess")
-    if verify and shard["n_tokens"]:
-        top = int(np.memmap(bin_path, dtype=dtype, mode="r").max())
-        if top >= vocab_size:
-            raise CorruptDataError(f"shard file {bin_path} holds token id {top}, outside the vocabulary "
-                                   f"[0, {vocab_size}) of {root / TOKENIZER}")
     return offsets.astype(np.int64)
 
 
-def open_store(root: str | Path, verify_checksums: bool = True) -> TokenStore:
+def open_store(root: str | Path, verify_checksums: bool = True, record_dir: str | Path | None = None) -> TokenStore:
+    """Open a preprocessed directory. ``verify_checksums``: hash each .bin file once, recorded in
+    ``<root>/verified.json`` (or ``<record_dir>/<fingerprint>.json`` when root is read-only)."""
     root = Path(root)
     manifest = read_manifest(root)
     tokenizer_path = root / TOKENIZER
@@ -150,14 +214,18 @@ def open_store(root: str | Path, verify_checksums: bool = True) -> TokenStore:
     if data_fingerprint(manifest["tokenizer_sha256"], manifest["languages"]) != manifest["fingerprint"]:
         raise CorruptDataError(f"{root / MANIFEST}: fingerprint does not match its shard list; the file was edited")
     dtype = np.dtype(manifest["dtype"])
+    record_paths = [root / VERIFIED, *([Path(record_dir) / f"{manifest['fingerprint']}.json"] if record_dir else [])]
+    record = VerificationRecord.load(record_paths) if verify_checksums else None
     languages = {}
     for lang, info in sorted(manifest["languages"].items()):
         offsets, doc_starts, bins, tokens = [np.zeros(1, np.int64)], [0], [], 0
         for shard in info["shards"]:
-            local = _open_shard(root, lang, shard, dtype, manifest["vocab_size"], verify_checksums)
+            local = _open_shard(root, lang, shard, dtype, manifest["vocab_size"], record)
             offsets.append(local[1:] + tokens)
             tokens += int(local[-1])
             doc_starts.append(doc_starts[-1] + shard["n_docs"])
             bins.append(shard_files(root, lang, shard["name"])[0])
         languages[lang] = LanguageStore(lang, bins, dtype, np.concatenate(offsets), np.array(doc_starts))
+    if record is not None:
+        record.save()
     return TokenStore(root, manifest, languages)

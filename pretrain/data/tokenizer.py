@@ -1,15 +1,20 @@
-"""Tokenizers: our byte-level BPE, and the GLM special tokens found by role in any tokenizer
-(DESIGN.md contract 3).
+"""Tokenizers: our byte-level BPE, any existing one (a tokenizer.json, or a transformers tokenizer
+directory through its fast backend), and the GLM special tokens found by role in it (docs/contracts.md §3).
 
 Byte-level BPE never produces an unknown token, so any script works; ours registers the core special
-tokens first and is padded with reserved tokens to a multiple of 128 (tensor-parallel sharding and
-matmul tiles like that). Literal special-token strings in corpus text ("[MASK]" in a web page) are
-encoded as text: only our code puts special ids into a sequence.
+tokens first and is padded with reserved tokens to a multiple of 128 (the model's vocabulary is padded
+separately, ``model.vocab_multiple``). Literal special-token strings in corpus text ("[MASK]" in a web
+page) are encoded as text: only our code puts special ids into a sequence, so the shards never hold a
+special id, wherever the tokenizer puts its specials (GLM-4's sit above id 150,000).
+
+A tokenizer's identity is ``tokenizer_fingerprint``: what decides the ids of a text (normalizer,
+pre-tokenizer, model, added tokens), not how the JSON is laid out, so a tokenizer directory and its
+tokenizer.json have the same one.
 """
 from __future__ import annotations
 
 import hashlib
-import math
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -20,12 +25,10 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from pretrain.data.mixture import language_seed, temperature_weights
 from pretrain.tokens import CORE_ROLES, ROLE_ALIASES, SpecialTokens
 
-VOCAB_MULTIPLE = 128
+RESERVED_MULTIPLE = 128  # our tokenizer's size is a multiple of this (reserved tokens fill it up)
 RESERVED_TOKEN = "<|reserved_{}|>"
-
-
-def padded_vocab_size(size: int, multiple: int = VOCAB_MULTIPLE) -> int:
-    return math.ceil(size / multiple) * multiple
+# the parts of a tokenizer.json that decide which ids a text gets
+_ENCODING_PARTS = ("normalizer", "pre_tokenizer", "model", "added_tokens")
 
 
 def _empty_tokenizer() -> Tokenizer:
@@ -61,20 +64,21 @@ def sample_training_text(texts: Mapping[str, Sequence[str]], alpha: float, max_c
                 yield lines[index]
 
 
-def train_tokenizer(lines: Iterable[str], vocab_size: int) -> Tokenizer:
+def train_tokenizer(lines: Iterable[str], vocab_size: int, progress: bool = False) -> Tokenizer:
+    """Byte-level BPE on ``lines``; ``progress``: the trainer's progress bars on stderr (reading, merges)."""
     if vocab_size < 256 + len(CORE_ROLES):
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs 256 byte tokens "
                          f"plus {len(CORE_ROLES)} special tokens")
     tokenizer = _empty_tokenizer()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, show_progress=False,
+        vocab_size=vocab_size, min_frequency=2, show_progress=progress,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=list(CORE_ROLES.values()),
         max_token_length=16)  # bounds runaway CJK / repeated-character merges
     tokenizer.train_from_iterator(lines, trainer=trainer)
     size = tokenizer.get_vocab_size()
     tokenizer.add_special_tokens([AddedToken(RESERVED_TOKEN.format(i), special=True)
-                                  for i in range(padded_vocab_size(size) - size)])
+                                  for i in range(-size % RESERVED_MULTIPLE)])
     tokenizer.encode_special_tokens = True
     return tokenizer
 
@@ -120,16 +124,51 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer.json file, or a local transformers tokenizer directory (``AutoTokenizer``, its fast
+    ``tokenizers`` backend: the rest of the pipeline only knows ``tokenizers.Tokenizer``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer file {path} does not exist; train one with "
-                                f"`python -m pretrain tokenizer train`")
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as err:  # tokenizers raises plain Exception on malformed JSON
-        raise ValueError(f"tokenizer file {path} is not a valid tokenizer.json: {err}") from err
+    if path.is_dir():
+        tokenizer = _from_transformers(path)
+    elif not path.is_file():
+        raise FileNotFoundError(f"tokenizer {path} does not exist; give a tokenizer.json, a transformers tokenizer "
+                                f"directory, or train one with `python -m pretrain tokenizer train`")
+    else:
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises plain Exception on malformed JSON
+            raise ValueError(f"tokenizer file {path} is not a valid tokenizer.json: {err}") from err
     tokenizer.encode_special_tokens = True  # not serialized in tokenizer.json: set on every load
     return tokenizer
+
+
+def _from_transformers(directory: Path) -> Tokenizer:
+    """The fast backend of ``AutoTokenizer.from_pretrained(directory)``. Refused, with a one-line reason:
+    no transformers installed, a tokenizer that needs remote code (we run none), a slow-only (Python)
+    tokenizer without a ``tokenizers`` backend."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ValueError(f"{directory} is a directory: reading a transformers tokenizer needs the transformers "
+                         f"package (pip install transformers), or give its tokenizer.json") from None
+    try:
+        loaded = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except Exception as err:  # missing files, remote code, sentencepiece missing: transformers' own reason
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"transformers cannot load a tokenizer from {directory} ({reason}); give a directory "
+                         f"with a tokenizer.json or the tokenizer.json itself") from None
+    backend = getattr(loaded, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        raise ValueError(f"{directory} holds a slow (Python) {type(loaded).__name__} without a tokenizers backend; "
+                         f"save a fast version (its tokenizer.json) and give that")
+    return backend
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """Hash of what decides the ids of a text: normalizer, pre-tokenizer, model (vocabulary, merges) and
+    added tokens. Decoder, post-processor, padding and JSON layout do not change it."""
+    parts = json.loads(tokenizer.to_str())
+    payload = json.dumps([parts.get(key) for key in _ENCODING_PARTS], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def file_sha256(path: str | Path) -> str:

@@ -1,4 +1,4 @@
-"""GLM attention rule (DESIGN contract 4) and the three backends that compute it.
+"""GLM attention rule (docs/contracts.md §4) and the three backends that compute it.
 
     q attends k  iff  segment_ids[q] == segment_ids[k] != -1  and  (part_a[k] or k <= q);
     a padding token (segment -1) attends only to itself.
@@ -11,9 +11,11 @@ A backend object is built once per batch from (segment_ids, part_a) and then cal
            Needs Part A before Part B in each segment, which is the collator's layout. On CUDA in
            bf16/fp16 the same pieces go to two variable-length flash calls per layer for the whole batch
            (all Part-A pieces in one, all Part-B pieces in the other: ``VarlenSDPAAttention``) instead of
-           ~6 kernels per segment and row.
+           ~6 kernels per segment and row (without attention dropout: the varlen kernel has none).
     dense  an explicit [B, S, S] boolean mask; the reference for tests only.
 Inputs are q [B, Hq, S, D], k and v [B, Hkv, S, D]; head counts come from the shapes (TP shards them).
+``dropout_p`` drops attention probabilities (GLM-1 trained with 0.1; the model passes it in training mode
+only): sdpa and dense apply it, flex refuses it (FlexAttention has no dropout).
 """
 from __future__ import annotations
 
@@ -28,13 +30,15 @@ from torch.nn.attention.bias import causal_lower_right
 BACKENDS = ("flex", "sdpa", "dense")
 
 
-def glm_dense_mask(segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tensor:
-    """[B, S, S] bool, True where query (dim 1) may attend key (dim 2)."""
-    seq_len = segment_ids.shape[1]
-    positions = torch.arange(seq_len, device=segment_ids.device)
-    same_segment = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] >= 0)
-    causal = positions[None, :, None] >= positions[None, None, :]
-    diagonal = torch.eye(seq_len, dtype=torch.bool, device=segment_ids.device)[None]
+def glm_dense_mask(segment_ids: torch.Tensor, part_a: torch.Tensor, query_start: int = 0) -> torch.Tensor:
+    """[B, S - query_start, S] bool, True where query (dim 1) may attend key (dim 2): the rows of the
+    queries from ``query_start`` on (> 0: the newest tokens of a KV-cached decode, pretrain/generate)."""
+    keys = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    queries = keys[query_start:]
+    query_segment = segment_ids[:, query_start:, None]
+    same_segment = (query_segment == segment_ids[:, None, :]) & (query_segment >= 0)
+    causal = queries[None, :, None] >= keys[None, None, :]
+    diagonal = queries[None, :, None] == keys[None, None, :]
     return (same_segment & (part_a[:, None, :] | causal)) | diagonal
 
 
@@ -62,7 +66,7 @@ def visible_pairs(segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tens
     return per_query.sum(dim=1)
 
 
-def build_attention(backend: str, segment_ids: torch.Tensor, part_a: torch.Tensor):
+def build_attention(backend: str, segment_ids: torch.Tensor, part_a: torch.Tensor, dropout_p: float = 0.0):
     """The per-batch attention callable ``attn(q, k, v) -> [B, Hq, S, D]`` for ``backend``."""
     if segment_ids.shape != part_a.shape or segment_ids.dim() != 2:
         raise ValueError(f"segment_ids {tuple(segment_ids.shape)} and part_a {tuple(part_a.shape)} "
@@ -70,12 +74,14 @@ def build_attention(backend: str, segment_ids: torch.Tensor, part_a: torch.Tenso
     if part_a.dtype != torch.bool:
         raise ValueError(f"part_a must be a bool tensor, got {part_a.dtype}")
     if backend == "dense":
-        return DenseAttention(segment_ids, part_a)
+        return DenseAttention(segment_ids, part_a, dropout_p)
     if backend == "sdpa":
-        if segment_ids.device.type == "cuda":
+        if segment_ids.device.type == "cuda" and not dropout_p:  # the varlen flash kernel has no dropout
             return VarlenSDPAAttention(segment_ids, part_a)
-        return SegmentSDPAAttention(segment_ids, part_a)
+        return SegmentSDPAAttention(segment_ids, part_a, dropout_p)
     if backend == "flex":
+        if dropout_p:
+            raise ValueError(f"attention dropout {dropout_p} needs the sdpa or dense backend: FlexAttention has none")
         return FlexGLMAttention(segment_ids, part_a)
     raise ValueError(f"attention backend {backend!r} is not one of {list(BACKENDS)}")
 
@@ -83,11 +89,12 @@ def build_attention(backend: str, segment_ids: torch.Tensor, part_a: torch.Tenso
 class DenseAttention:
     """Reference: the rule as an explicit S×S mask. Quadratic memory; tests only."""
 
-    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor):
+    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor, dropout_p: float = 0.0):
         self.mask = glm_dense_mask(segment_ids, part_a)[:, None]  # [B, 1, S, S]
+        self.dropout_p = dropout_p
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=self.dropout_p, enable_gqa=True)
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,9 @@ class SegmentSDPAAttention:
     """Per segment: Part-A queries over Part-A keys (one unmasked SDPA call) and Part-B queries over the
     segment's keys with a lower-right causal mask (``prefix_causal_attention``). No mask tensor is built."""
 
-    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor):
+    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor, dropout_p: float = 0.0):
         self.layout = segment_runs(segment_ids, part_a)  # one host sync per batch, not per layer
+        self.dropout_p = dropout_p
 
     # The loop is driven by this batch's host-side layout: compiled, it would recompile for every new
     # layout, so torch.compile leaves it eager (a graph break per layer) and compiles around it.
@@ -152,9 +160,11 @@ class SegmentSDPAAttention:
                     pieces.append(v_parts[a])
                     continue
                 if run.split > run.start:
-                    pieces.append(F.scaled_dot_product_attention(q_parts[a], k_parts[a], v_parts[a]))
+                    pieces.append(F.scaled_dot_product_attention(q_parts[a], k_parts[a], v_parts[a],
+                                                                 dropout_p=self.dropout_p))
                 if run.end > run.split:
-                    pieces.append(prefix_causal_attention(q_parts[b], k_parts[a], v_parts[a], k_parts[b], v_parts[b]))
+                    pieces.append(prefix_causal_attention(q_parts[b], k_parts[a], v_parts[a], k_parts[b], v_parts[b],
+                                                          self.dropout_p))
             rows.append(torch.cat(pieces, dim=2))
         return torch.cat(rows, dim=0)
 
@@ -234,17 +244,20 @@ def _cu_seqlens(spans: list[tuple[int, int]], device: torch.device) -> torch.Ten
 
 
 def prefix_causal_attention(q: torch.Tensor, k_prefix: torch.Tensor, v_prefix: torch.Tensor,
-                            k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                            k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """Queries q [.., L, D] see all of k_prefix/v_prefix [.., P, D] and causally their own k/v [.., L, D]
     (= lower-right causal over the concatenation). Only visible pairs are computed, in linear memory:
     CUDA kernels take the lower-right alignment directly; on CPU SDPA would materialise that mask, so
-    the prefix and the causal part run as two flash calls merged by their log-sum-exp."""
+    the prefix and the causal part run as two flash calls merged by their log-sum-exp. The CPU flash
+    kernel has no dropout (and its backward could not replay a mask), so with dropout the CPU takes
+    SDPA's math path over the [L, P + L] mask of this one segment."""
     if k_prefix.shape[-2] == 0:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if q.device.type == "cpu":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    if q.device.type == "cpu" and not dropout_p:
         return _PrefixCausalCPU.apply(q, k_prefix, v_prefix, k, v)
     keys, values = torch.cat([k_prefix, k], dim=-2), torch.cat([v_prefix, v], dim=-2)
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=causal_lower_right(q.shape[-2], keys.shape[-2]))
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=causal_lower_right(q.shape[-2], keys.shape[-2]),
+                                          dropout_p=dropout_p)
 
 
 class _PrefixCausalCPU(torch.autograd.Function):

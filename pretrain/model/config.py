@@ -15,32 +15,33 @@ AttentionBackend = Literal["auto", "flex", "sdpa", "dense"]
 
 @dataclass
 class ModelConfig:
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    ffn_hidden_size: int
-    max_position_embeddings: int
+    vocab_size: int  # embedding rows (the run takes the tokenizer's, padded to 128, unless set)
+    hidden_size: int  # width of the residual stream
+    num_layers: int  # transformer blocks
+    num_heads: int  # query heads
+    ffn_hidden_size: int  # MLP inner width (of each branch for GLU variants)
+    max_position_embeddings: int  # rows of the learned 2-D tables; the longest sequence the model is meant for
     num_kv_heads: int | None = None  # None: multi-head attention (= num_heads)
     head_dim: int | None = None  # None: hidden_size // num_heads
     # learned_2d: GLM-1 tables of max_position_embeddings + 1 rows (as the original block-LM code);
     # rope_2d: ChatGLM-6B, half of each head rotated by position, half by block position;
     # rope_1d: GLM-130B / GLM-4, the first partial_rotary_factor of each head rotated by position.
     position_encoding: PositionEncoding = "learned_2d"
-    partial_rotary_factor: float = 1.0
-    rope_theta: float = 10000.0
+    partial_rotary_factor: float = 1.0  # rope_1d: fraction of each head's dims rotated (GLM-4: 0.5)
+    rope_theta: float = 10000.0  # RoPE base of the rotation frequencies
     rope_interleaved: bool = False  # GLM-4 rotates (even, odd) pairs; GLM-130B/ChatGLM rotate halves
-    norm: Norm = "layernorm"
-    norm_eps: float = 1e-5
+    norm: Norm = "layernorm"  # LayerNorm (GLM-1, GLM-130B) or RMSNorm (GLM-4)
+    norm_eps: float = 1e-5  # epsilon of every norm
     norm_placement: NormPlacement = "pre"  # deepnorm: x = LN(x)·α + F(LN(x)), α = √(2·num_layers)
-    mlp: MLPKind = "gelu"
-    qkv_bias: bool = True
+    mlp: MLPKind = "gelu"  # gelu: GLM-1; geglu: GLM-130B; swiglu: GLM-4
+    qkv_bias: bool = True  # biases on the q/k/v projections
     bias: bool = True  # o_proj and MLP linears
-    tie_embeddings: bool = True
+    tie_embeddings: bool = True  # logits use embed_tokens.weight (no separate lm_head)
     embedding_grad_shrink: float = 1.0  # GLM-130B's α: emb·α + emb.detach()·(1−α); 1.0 = off
     dropout: float = 0.0  # embeddings and both residual branches
-    init_std: float = 0.02
-    attention_backend: AttentionBackend = "auto"
+    attention_dropout: float = 0.0  # attention probabilities (sdpa and dense backends; flex has none)
+    init_std: float = 0.02  # σ of the normal init (embeddings, linears; residual outputs σ/√(2·layers))
+    attention_backend: AttentionBackend = "auto"  # auto: flex on GPU, sdpa elsewhere; dense: the test reference
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -93,7 +94,11 @@ class ModelConfig:
             raise ValueError(f"norm_eps={self.norm_eps} must be positive")
         if not 0.0 < self.embedding_grad_shrink <= 1.0:
             raise ValueError(f"embedding_grad_shrink={self.embedding_grad_shrink} must be in (0, 1]; 1.0 turns it off")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if self.attention_backend == "flex" and self.attention_dropout:
+            raise ValueError(f"attention_dropout={self.attention_dropout} needs attention_backend sdpa, dense or auto: "
+                             f"FlexAttention has no attention-probability dropout")
         if self.init_std <= 0:
             raise ValueError(f"init_std={self.init_std} must be positive")

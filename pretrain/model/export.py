@@ -1,82 +1,94 @@
-"""Export a GLM-4-shaped model as a Hugging Face ``GlmForCausalLM`` checkpoint (config.json + safetensors).
+"""Export a GLM-4-shaped model as a transformers directory that loads with no extra step:
 
-transformers is not imported here (it is a test-only dependency): the config is written by hand with
-the fields of transformers' ``GlmConfig``, and the weights are renamed to its module names.
+    config.json, model.safetensors       GlmForCausalLM (names and config: hf.py)
+    generation_config.json               eos = [eos, eop]: generation stops at a document or a block end
+    tokenizer.json, tokenizer_config.json   the run's tokenizer, its GLM special tokens by role
+    README.md                            a model card stub
+
+``AutoTokenizer.from_pretrained(dir)`` and ``AutoModelForCausalLM.from_pretrained(dir)`` read it as is.
+transformers is not imported: the files are written by hand with the fields its loaders read.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from pretrain.model.glm import GLMModel
+from pretrain.model.hf import glm4_config, to_glm4_state_dict
 from pretrain.tokens import SpecialTokens
 
-# GlmForCausalLM computes exactly this architecture; anything else would load but compute differently.
-_GLM4_ARCHITECTURE = dict(position_encoding="rope_1d", rope_interleaved=True, norm="rmsnorm",
-                          norm_placement="pre", mlp="swiglu", bias=False)
+# transformers' named special-token attributes; every other role is an additional special token
+_NAMED_ROLES = {"pad": "pad_token", "eos": "eos_token", "cls": "cls_token", "mask": "mask_token"}
 
 
 def hf_config(model: GLMModel, special: SpecialTokens) -> dict:
+    """config.json of the GlmForCausalLM that computes ``model`` (refuses other architectures)."""
+    return glm4_config(model.cfg, special, model.embed_tokens.weight.dtype)
+
+
+def hf_state_dict(model: GLMModel) -> dict:
+    """The model's parameters under GlmForCausalLM's names."""
+    return to_glm4_state_dict({name: tensor.detach() for name, tensor in model.state_dict().items()})
+
+
+def tokenizer_config(tokenizer: Tokenizer, special: SpecialTokens, max_length: int) -> dict:
+    """tokenizer_config.json for the fast tokenizer in tokenizer.json, special tokens by role."""
+    text = {role: tokenizer.id_to_token(token_id) for role, token_id in special.roles().items()}
+    missing = sorted(role for role, token in text.items() if token is None)
+    if missing:
+        raise ValueError(f"the run's tokenizer has no token for special role(s) {missing}; it is not the tokenizer "
+                         f"these special ids were resolved in")
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+            "clean_up_tokenization_spaces": False,
+            **{key: text[role] for role, key in _NAMED_ROLES.items()},
+            "additional_special_tokens": [token for role, token in text.items() if role not in _NAMED_ROLES]}
+
+
+def model_card(model: GLMModel, special: SpecialTokens, source: str) -> str:
     cfg = model.cfg
-    mismatched = {k: getattr(cfg, k) for k, v in _GLM4_ARCHITECTURE.items() if getattr(cfg, k) != v}
-    if mismatched:
-        raise ValueError(f"export_hf writes transformers' GlmForCausalLM, which needs {_GLM4_ARCHITECTURE}; "
-                         f"this model has {mismatched} (use a glm-4-9b-based config)")
-    return {
-        "architectures": ["GlmForCausalLM"],
-        "model_type": "glm",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.ffn_hidden_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "initializer_range": cfg.init_std,
-        "rms_norm_eps": cfg.norm_eps,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": cfg.qkv_bias,
-        "attention_dropout": 0.0,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta,
-                            "partial_rotary_factor": cfg.partial_rotary_factor},
-        "partial_rotary_factor": cfg.partial_rotary_factor,
-        "rope_theta": cfg.rope_theta,
-        # generation: a Part-B block ends in eop; GLM-4 style prompts end in [gMASK] <sop>
-        "pad_token_id": special.pad,
-        "eos_token_id": [special.eos, special.eop],
-        "bos_token_id": special.sop,
-        "torch_dtype": str(model.embed_tokens.weight.dtype).removeprefix("torch."),
-    }
+    roles = ", ".join(f"{role} {token_id}" for role, token_id in special.roles().items())
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags: [glm, glm-pretrain]
+---
+# GLM model exported by glm-pretrain
+
+Exported from `{source}`. Architecture: transformers' `GlmForCausalLM` (GLM-4 layout), {cfg.num_layers} layers,
+hidden {cfg.hidden_size}, {cfg.num_heads} heads ({cfg.num_kv_heads} KV), vocabulary {cfg.vocab_size},
+{model.num_params():,} parameters.
+
+Trained with GLM's autoregressive blank infilling. Special token ids: {roles}. As a causal model it
+continues text; a blank is filled from `[gMASK]`/`[MASK]` + `<sop>`, and a block ends with `<eop>`
+(both `eos` and `eop` stop generation, see generation_config.json).
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("PATH")
+model = AutoModelForCausalLM.from_pretrained("PATH")
+```
+"""
 
 
-def hf_state_dict(model: GLMModel) -> dict[str, torch.Tensor]:
-    """Our parameters under GlmForCausalLM's names; gate_up_proj is [gate_proj; up_proj] stacked."""
-    ours = {name: tensor.detach() for name, tensor in model.state_dict().items()}
-    theirs = {}
-    for name, tensor in ours.items():
-        if name.endswith("mlp.gate_proj.weight"):
-            prefix = name.removesuffix("gate_proj.weight")
-            theirs[f"model.{prefix}gate_up_proj.weight"] = torch.cat([tensor, ours[prefix + "up_proj.weight"]])
-        elif name.endswith("mlp.up_proj.weight"):
-            continue
-        elif name.startswith("lm_head."):
-            theirs[name] = tensor
-        else:
-            theirs[f"model.{name}"] = tensor
-    return theirs
-
-
-def export_hf(model: GLMModel, directory: str | Path, special: SpecialTokens) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` loadable by ``GlmForCausalLM.from_pretrained``."""
+def export_hf(model: GLMModel, directory: str | Path, special: SpecialTokens, tokenizer: Tokenizer | None = None,
+              source: str = "a glm-pretrain run") -> Path:
+    """Write the transformers directory (see the module docstring); without ``tokenizer`` no tokenizer files."""
     directory = Path(directory)
-    config = hf_config(model, special.validate(model.cfg.vocab_size))
+    special.validate(model.cfg.vocab_size)
+    files = {"config.json": hf_config(model, special),  # refuses other architectures before any write
+             "generation_config.json": {"bos_token_id": special.sop, "eos_token_id": [special.eos, special.eop],
+                                        "pad_token_id": special.pad}}
+    if tokenizer is not None:
+        files["tokenizer_config.json"] = tokenizer_config(tokenizer, special, model.cfg.max_position_embeddings)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name, content in files.items():
+        (directory / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    if tokenizer is not None:
+        (directory / "tokenizer.json").write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
+    (directory / "README.md").write_text(model_card(model, special, source), encoding="utf-8")
     weights = {name: tensor.contiguous().cpu() for name, tensor in hf_state_dict(model).items()}
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory

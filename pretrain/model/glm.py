@@ -9,9 +9,10 @@
 No parallelism here: the engines in pretrain/parallel shard q/k/v colwise and o rowwise from outside,
 so attention takes its local head count from tensor shapes. For pipeline parallelism the model is
 stage-splittable from outside (torchtitan's approach): ``layers`` is a ModuleDict keyed by the global
-layer index, and a stage may drop ``embed_tokens`` (its forward then takes hidden states [B, S, H] in
-place of input_ids) or ``norm`` (it then returns hidden states). ``build_attention`` is an attribute
-so that parallel code (context parallelism) can swap in its own attention for the same mask rule.
+layer index; forward embeds integer ids and passes floating-point input (a previous stage's hidden
+states [B, S, H]) straight to its layers, so a stage may drop ``embed_tokens`` (or keep it only for a
+tied head) and ``norm`` (it then returns hidden states). ``build_attention`` is an attribute so that
+parallel code (context parallelism) can swap in its own attention for the same mask rule.
 """
 from __future__ import annotations
 
@@ -147,22 +148,26 @@ class GLMModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, block_position_ids: torch.Tensor,
                 segment_ids: torch.Tensor, part_a: torch.Tensor, output_head: Callable | None = None):
-        """All inputs [B, S] (part_a bool); returns float32 logits [B, S, V]. On a pipeline stage without
-        embeddings ``input_ids`` are the previous stage's hidden states [B, S, H]; a stage without the
-        final norm returns hidden states. ``output_head(hidden [B, S, H], head weight [V, H])`` replaces
-        the logits matmul when given (the trainer's chunked cross entropy: no [B, S, V] logits); it runs
-        inside forward, where engines that shard parameters have the head weight gathered."""
+        """All inputs [B, S] (part_a bool); returns float32 logits [B, S, V]. On a later pipeline stage
+        ``input_ids`` are the previous stage's hidden states [B, S, H] (with sequence parallelism the local
+        [B, S / tp, H]); a stage without the final norm returns hidden states. ``output_head(hidden [B, S, H],
+        head weight [V, H])`` replaces the logits matmul when given (the trainer's chunked cross entropy: no
+        [B, S, V] logits); it runs inside forward, where engines that shard parameters have the head weight
+        gathered."""
         cfg = self.cfg
         inputs = dict(position_ids=position_ids, block_position_ids=block_position_ids, segment_ids=segment_ids,
                       part_a=part_a)
-        if position_ids.dim() != 2 or any(t.shape != input_ids.shape[:2] for t in inputs.values()):
+        hidden_input = input_ids.is_floating_point()
+        if position_ids.dim() != 2 or any(t.shape != position_ids.shape for t in inputs.values()) or \
+                input_ids.shape[:1 if hidden_input else 2] != position_ids.shape[:1 if hidden_input else 2]:
             raise ValueError("GLMModel inputs must all be [B, S]; got "
                              + ", ".join(f"{k} {tuple(t.shape)}" for k, t in {"input_ids": input_ids, **inputs}.items()))
-        h = self.embed(input_ids, position_ids, block_position_ids) if self.embed_tokens is not None else input_ids
+        h = input_ids if hidden_input else self.embed(input_ids, position_ids, block_position_ids)
         rotary = None
         if cfg.position_encoding != "learned_2d":
             rotary = rotary_cos_sin(cfg, position_ids, block_position_ids, h.dtype)
-        attend = self.build_attention(self.attention_backend(h.device), segment_ids, part_a)
+        attend = self.build_attention(self.attention_backend(h.device), segment_ids, part_a,
+                                      dropout_p=cfg.attention_dropout if self.training else 0.0)
         for layer in self.layers.values():
             h = layer(h, attend, rotary)
         if self.norm is None:
@@ -185,4 +190,4 @@ class GLMModel(nn.Module):
     def attention_backend(self, device: torch.device) -> str:
         if self.cfg.attention_backend != "auto":
             return self.cfg.attention_backend
-        return "flex" if device.type == "cuda" else "sdpa"
+        return "flex" if device.type == "cuda" and not self.cfg.attention_dropout else "sdpa"

@@ -19,8 +19,14 @@ def rotary_cos_sin(cfg: ModelConfig, position_ids: torch.Tensor, block_position_
     """cos, sin of shape [B, S, 1, n_sections, section_dim // 2]; computed once per batch, used by every layer.
 
     Frequencies are recomputed here (a few flops) instead of living in a buffer, so a model built on the
-    meta device needs no buffer re-initialisation.
+    meta device needs no buffer re-initialisation. The angles are fp32; the tables are returned in the
+    dtype of the q/k they rotate: ``dtype`` (the hidden states'), or autocast's when it is on (then the
+    projections emit that dtype while the hidden states stay fp32). An fp32 table would promote q and k
+    to fp32 next to a bf16 v, and attention kernels (Flex) would then run on mixed dtypes.
     """
+    device_type = position_ids.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
     streams = [position_ids] if cfg.position_encoding == "rope_1d" else [position_ids, block_position_ids]
     section_dim = cfg.rotary_dim // len(streams)
     exponent = torch.arange(0, section_dim, 2, device=position_ids.device, dtype=torch.float32) / section_dim

@@ -6,16 +6,19 @@ GLM-1's fused QKV [3H, H] is our q/k/v_proj stacked; GLM-130B's GeGLU dense_h_to
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
-from pretrain.config import ConfigError, from_dict
+from pretrain.config import ConfigError, coerce_fields, from_dict
 from pretrain.model.config import ModelConfig
 from pretrain.model.glm import GLMModel
 
 
-def _glm1(layers: int, hidden: int, heads: int, vocab: int, max_len: int) -> ModelConfig:
+def _glm1(layers: int, hidden: int, heads: int, vocab: int, max_len: int, dropout: float = 0.1) -> ModelConfig:
+    """GLM-1 trained with embedding, residual and attention-probability dropout 0.1 (THUDM/GLM scripts)."""
     return ModelConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                       ffn_hidden_size=4 * hidden, max_position_embeddings=max_len)
+                       ffn_hidden_size=4 * hidden, max_position_embeddings=max_len, dropout=dropout,
+                       attention_dropout=dropout)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -27,18 +30,19 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=150528, hidden_size=12288, num_layers=70, num_heads=96, ffn_hidden_size=32768,
         max_position_embeddings=2048, position_encoding="rope_1d", norm_placement="deepnorm", mlp="geglu",
         embedding_grad_shrink=0.1),
+    # the output layer is the word embedding (transformers ties it): 6,173,286,400 parameters, its "6.2B"
     "chatglm-6b": ModelConfig(
         vocab_size=130528, hidden_size=4096, num_layers=28, num_heads=32, ffn_hidden_size=16384,
-        max_position_embeddings=2048, position_encoding="rope_2d", norm_placement="deepnorm",
-        tie_embeddings=False),
+        max_position_embeddings=2048, position_encoding="rope_2d", norm_placement="deepnorm"),
     # transformers GlmConfig() defaults (GLM-4-9B)
     "glm-4-9b": ModelConfig(
         vocab_size=151552, hidden_size=4096, num_layers=40, num_heads=32, num_kv_heads=2, head_dim=128,
         ffn_hidden_size=13696, max_position_embeddings=131072, position_encoding="rope_1d",
         partial_rotary_factor=0.5, rope_interleaved=True, norm="rmsnorm", norm_eps=1.5625e-7, mlp="swiglu",
         qkv_bias=True, bias=False, tie_embeddings=False),
-    # tests and smoke runs: GLM-1 shaped; heads, ffn and vocab even so TP=2 divides everything
-    "glm-tiny": _glm1(2, 64, 4, 2048, 512),
+    # tests and smoke runs: GLM-1 shaped without dropout (runs compare losses across layouts);
+    # heads, ffn and vocab even so TP=2 divides everything
+    "glm-tiny": _glm1(2, 64, 4, 2048, 512, dropout=0.0),
 }
 
 
@@ -73,9 +77,12 @@ def build_model(preset: str, **overrides) -> GLMModel:
 @dataclasses.dataclass
 class ModelSection:
     """The ``model`` section: an optional ``preset`` (pretrain.model.PRESETS) plus ModelConfig fields
-    overriding it. Without ``vocab_size`` the model takes the tokenizer's (the loader's) vocabulary."""
+    overriding it. Without ``vocab_size`` the model takes the tokenizer's vocabulary (added special
+    tokens included) rounded up to ``vocab_multiple``."""
     preset: str | None = None
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the tokenizer's vocabulary is padded to a multiple of this (TP shards and matmul tiles divide it)
+    vocab_multiple: int = 128
 
     @classmethod
     def from_section(cls, data: Mapping[str, Any] | None, where: str) -> "ModelSection":
@@ -83,16 +90,26 @@ class ModelSection:
         preset = data.pop("preset", None)
         if preset is not None and not isinstance(preset, str):
             raise ConfigError(f"{where}.preset: expected a preset name, got {preset!r}")
-        section = cls(preset, data)
+        multiple = data.pop("vocab_multiple", cls.vocab_multiple)
+        if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+            raise ConfigError(f"{where}.vocab_multiple={multiple!r} must be a positive integer (1: no padding)")
+        section = cls(preset, data, multiple)
         section.resolve(vocab_size=64, where=where)  # validate now, standing in for the tokenizer's vocab
         return section
 
+    def to_dict(self) -> dict[str, Any]:
+        """The section as written in a config file."""
+        padding = {} if self.vocab_multiple == ModelSection.vocab_multiple else {"vocab_multiple": self.vocab_multiple}
+        return {**({"preset": self.preset} if self.preset else {}), **self.fields, **padding}
+
     def resolve(self, vocab_size: int, where: str = "model") -> ModelConfig:
-        """The ModelConfig; ``vocab_size`` (the tokenizer's) applies when the section leaves it unset,
-        also over a preset's (which belongs to the preset's original tokenizer)."""
-        fields = {"vocab_size": vocab_size, **self.fields}
+        """The ModelConfig; the tokenizer's ``vocab_size``, padded to ``vocab_multiple``, applies when the
+        section leaves it unset, also over a preset's (which belongs to the preset's original tokenizer)."""
+        padded = math.ceil(vocab_size / self.vocab_multiple) * self.vocab_multiple
+        fields = {"vocab_size": padded, **self.fields}
         if self.preset is None:
             return from_dict(ModelConfig, fields, where)
+        fields = coerce_fields(ModelConfig, fields, where)  # the same type and finiteness checks as from_dict
         try:
             return model_config(self.preset, **fields)
         except (ValueError, TypeError) as err:

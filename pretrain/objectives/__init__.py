@@ -1,17 +1,27 @@
-"""GLM's autoregressive blank-infilling objective: pure numpy, no torch.distributed.
+"""GLM's autoregressive blank-infilling objective and the objectives it is ablated against: pure numpy,
+no torch.distributed.
 
-``build_sample`` is the deterministic core (DESIGN.md contracts 1-2); strategies draw spans;
-``GLMCollator`` turns ``TextSample``s into the batch dict of docs/architecture.md.
+``build_sample`` is the deterministic core (docs/contracts.md §1-2); strategies (one module each in
+``strategies/``, registered by name) draw spans; ``GLMCollator`` turns ``TextSample``s into the batch
+dict of docs/architecture.md.
 """
-from pretrain.objectives.collator import GLMCollator
-from pretrain.objectives.config import PRESETS, STRATEGY_NAMES, ObjectiveConfig
+from pretrain.objectives.boundaries import TokenTables
+from pretrain.objectives.collator import INSTRUCTION, GLMCollator
+from pretrain.objectives.config import PRESETS, ObjectiveConfig
 from pretrain.objectives.infill import InfillSample, build_sample
 from pretrain.objectives.packing import TextSample, attention_matrix, raw_length
-from pretrain.objectives.strategies import (CausalStrategy, DocumentStrategy, SentenceStrategy, TokenStrategy,
-                                            build_strategies, declared_special_tokens, sentence_end_ids)
+from pretrain.objectives.strategies import STRATEGIES, Strategy, register
+from pretrain.objectives.strategies.sentence import sentence_end_ids
+
+
+def declared_special_tokens(*cfgs: ObjectiveConfig) -> dict[str, str]:
+    """The special-token roles (beyond the core ones) that the strategies of ``cfgs`` need."""
+    return {role: text for cfg in cfgs for name in cfg.weights()
+            for role, text in STRATEGIES[name].declared_tokens(cfg.section(name)).items()}
+
 
 __all__ = [
-    "GLMCollator", "ObjectiveConfig", "PRESETS", "STRATEGY_NAMES", "InfillSample", "build_sample",
-    "TextSample", "attention_matrix", "raw_length", "TokenStrategy", "SentenceStrategy",
-    "DocumentStrategy", "CausalStrategy", "build_strategies", "declared_special_tokens", "sentence_end_ids",
+    "GLMCollator", "INSTRUCTION", "ObjectiveConfig", "PRESETS", "STRATEGIES", "Strategy", "register",
+    "InfillSample", "build_sample", "TextSample", "attention_matrix", "raw_length", "TokenTables",
+    "declared_special_tokens", "sentence_end_ids",
 ]

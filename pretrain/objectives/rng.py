@@ -14,6 +14,7 @@ Arithmetic wraps modulo 2**64 (numpy array ops never warn about it; inputs are m
 from __future__ import annotations
 
 import functools
+import zlib
 
 import numpy as np
 
@@ -23,13 +24,17 @@ _GAMMA, _M1, _M2 = (np.array(c, dtype=np.uint64) for c in (0x9E3779B97F4A7C15, 0
 _ONE, _SHIFT_30, _SHIFT_27, _SHIFT_31, _SHIFT_11 = (np.array(n, dtype=np.uint64) for n in (1, 30, 27, 31, 11))
 _TO_UNIT = 2.0 ** -53
 
-# Stream ids: one per purpose, so adding a purpose never shifts the numbers of another.
+# Stream ids: one per purpose, so adding a purpose never shifts the numbers of another. The collator's
+# own; every strategy names its streams (``stream_id``), the oldest keep the small ids they always had.
 STREAM_MIXTURE = 1
-STREAM_SPAN_LENGTH = 2
-STREAM_SPAN_PLACE = 3
 STREAM_ORDER = 4
-STREAM_SENTENCE = 5
-STREAM_DOCUMENT = 6
+
+
+@functools.lru_cache(maxsize=None)
+def stream_id(owner: str, purpose: str) -> int:
+    """A stream id for ``purpose`` of ``owner`` (a strategy name): stable across runs and versions,
+    in [2**31, 2**32) so that it never meets the small fixed ids."""
+    return 0x8000_0000 | zlib.crc32(f"{owner}/{purpose}".encode()) >> 1
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

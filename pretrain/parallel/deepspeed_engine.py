@@ -57,6 +57,7 @@ def deepspeed_config(parallel: ParallelConfig, dims: ParallelDims, micro_batch_s
 class DeepSpeedEngine:
     name = "deepspeed"
     reshardable = False
+    pipeline = None  # TP + ZeRO only: pp and cp are the torch engine's (ParallelConfig.validate)
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict, dims: ParallelDims):
         """``config``: the DeepSpeed JSON config (``deepspeed_config``)."""
@@ -88,7 +89,7 @@ class DeepSpeedEngine:
         norm = self.engine.get_global_grad_norm()
         return math.nan if norm is None else float(norm)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, async_group=None) -> None:  # synchronous: DeepSpeed writes its own pickles
         self.engine.save_checkpoint(str(path), tag=_TAG, save_latest=False)
 
     def load(self, path: Path) -> None:

@@ -16,6 +16,8 @@ from a full build's but are still the same for every (dp, tp) layout and every r
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -28,17 +30,23 @@ _RANDOM_INPLACE = (torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.
 
 
 class _FullDrawThenShard(TorchFunctionMode):
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device = device
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         # nn.init functions arrive with every argument as a keyword (tensor=...); methods with self first
         target = args[0] if args else kwargs.get("tensor")
-        if func in _RANDOM_INPLACE and isinstance(target, DTensor):
-            local = target.to_local()
-            full = torch.empty(target.shape, dtype=target.dtype, device=local.device)
+        if func in _RANDOM_INPLACE and (isinstance(target, DTensor) or getattr(target, "is_meta", False)):
+            full = torch.empty(target.shape, dtype=target.dtype, device=self.device)
             if args:
                 func(full, *args[1:], **kwargs)
             else:
                 func(**{**kwargs, "tensor": full})
+            if not isinstance(target, DTensor):  # meta: another pipeline stage's draws, consumed and dropped
+                return target
+            local = target.to_local()
             # src_data_rank=None: every rank drew the same full tensor, so each slices locally (no comms)
             shard = distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None)
             local.copy_(shard.to_local())
@@ -46,10 +54,14 @@ class _FullDrawThenShard(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def materialize(model: nn.Module, device: torch.device, seed: int) -> None:
+def materialize(model: nn.Module, device: torch.device, seed: int, whole: nn.Module | None = None) -> None:
     """``model`` was built under ``torch.device("meta")`` and parallelized; allocates its local shards on
     ``device`` and initializes them to the values of ``torch.manual_seed(seed); GLMModel(cfg)`` (construction
     draws the modules' default inits, then ``init_weights()``), sliced to this rank's shards.
+
+    ``whole``: when ``model`` is a pipeline stage, the meta model it was cut from. The draws run over the
+    whole model's modules in order, the other stages' ones into throwaway tensors on ``device`` (one at a
+    time), so that a stage too gets exactly its part of the full build's values.
 
     The model must hold no buffers that need recomputing (GLMModel computes its RoPE tables in forward).
     """
@@ -58,11 +70,26 @@ def materialize(model: nn.Module, device: torch.device, seed: int) -> None:
         raise ValueError(f"materialize: buffers {buffers} would be left uninitialized by to_empty; "
                          f"recompute them in the model's init_weights() and drop this check")
     model.to_empty(device=device)
+    source = model if whole is None else _within(whole, model)
     torch.manual_seed(seed)
-    with torch.no_grad(), _FullDrawThenShard():
+    with torch.no_grad(), _FullDrawThenShard(device):
         # The full build draws each module's default init while constructing it, in module order,
         # before init_weights(): replay those draws so that init_weights() continues the same stream.
-        for module in model.modules():
+        for module in source.modules():
             if hasattr(module, "reset_parameters") and next(module.parameters(recurse=False), None) is not None:
                 module.reset_parameters()
-        model.init_weights()
+        source.init_weights()
+
+
+def _within(whole: nn.Module, part: nn.Module) -> nn.Module:
+    """A shallow copy of ``whole`` holding ``part``'s modules where it has them (the rest stay meta).
+    Containers both hold (the layers ModuleDict) are merged child by child; anything else of ``part``
+    replaces the whole subtree, so wrapped layers (activation checkpointing, compile) keep their order."""
+    merged = copy.copy(whole)
+    merged._modules = dict(whole._modules)
+    for name, child in whole._modules.items():
+        own = part._modules.get(name)
+        if own is not None:
+            both_containers = isinstance(own, nn.ModuleDict) and isinstance(child, nn.ModuleDict)
+            merged._modules[name] = _within(child, own) if both_containers else own
+    return merged

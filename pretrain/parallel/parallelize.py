@@ -1,5 +1,6 @@
-"""Apply parallelism to a plain GLMModel in torchtitan's order: TP -> activation checkpointing ->
-compile -> FSDP2. Each step only wraps or re-registers modules; the model code itself is untouched.
+"""Apply parallelism to a plain GLMModel (or one pipeline stage of it) in torchtitan's order: TP ->
+activation checkpointing -> compile -> FSDP2 over the ranks that hold the same parameters (dp x cp).
+Each step only wraps or re-registers modules; the model code itself is untouched.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from pretrain.parallel.mesh import param_mesh
 from pretrain.parallel.tp import apply_tp
 
 logger = logging.getLogger(__name__)
@@ -27,14 +29,14 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, sequence_parallel: bool, 
     if compile:
         _wrap_layers(model, lambda layer: layer.compile() or layer)  # in place, per block
         logger.info("torch.compile per block")
-    apply_fsdp(model, mesh["dp"], param_dtype, reshard_after_forward)
+    apply_fsdp(model, param_mesh(mesh), param_dtype, reshard_after_forward)
     return model
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype, reshard_after_forward: bool) -> None:
     """FSDP2 per block, then the root (embeddings, norm, head). Also used at dp=1: it is where the
     mixed-precision cast lives, so there is one code path. Gradients are reduced in fp32 and *summed*
-    over dp ranks: the loss is already divided by the global count of Part-B tokens."""
+    over dp (and cp) ranks: the loss is already divided by the global count of Part-B tokens."""
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for layer in model.layers.values():
         fully_shard(layer, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)

@@ -43,9 +43,9 @@ def tp_plan(model: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyl
     seq = Shard(1)  # [B, S, D] activations split over S under sequence parallelism
     between_blocks = seq if sequence_parallel else Replicate()
     names = {name for name, _ in model.named_modules()}
-    plan: dict[str, ParallelStyle] = {
-        "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=between_blocks),
-    }
+    plan: dict[str, ParallelStyle] = {}
+    if "embed_tokens" in names:  # absent on later pipeline stages of an untied model
+        plan["embed_tokens"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=between_blocks)
     if sequence_parallel:
         # Learned 2-D positions are added to the token embedding, so they must arrive split over S
         # the same way: treat each table like a (small) vocab-parallel embedding.
@@ -69,7 +69,7 @@ def tp_plan(model: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyl
         if sequence_parallel:
             for sub in _NORMS:  # local outputs: deepnorm adds the norm output to a local residual
                 plan[f"{layer}.{sub}"] = SequenceParallel(use_local_output=True)
-    if sequence_parallel:
+    if sequence_parallel and "norm" in names:
         plan["norm"] = SequenceParallel(use_local_output=True)
     if "lm_head" in names:
         plan["lm_head"] = ColwiseParallel()  # only shards the weight; the module itself is never called
@@ -77,21 +77,17 @@ def tp_plan(model: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyl
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    names = {name for name, _ in model.named_modules()}
-    missing = [n for n in ("embed_tokens", "norm") if n not in names]
-    if missing:
-        raise ValueError(f"the model has no module(s) {missing}; the TP plan follows the names in "
-                         f"docs/architecture.md")
+    """The plan for the modules the model (or pipeline stage: embed_tokens / norm may be absent) has."""
     parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel))
-    # The head matmul needs a replicated DTensor input (see module docstring).
-    parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
-        output_layouts=Shard(1) if sequence_parallel else Replicate(),
-        desired_output_layouts=Replicate(), use_local_output=False))
+    if model.norm is not None:  # the head matmul needs a replicated DTensor input (see module docstring)
+        parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
+            output_layouts=Shard(1) if sequence_parallel else Replicate(),
+            desired_output_layouts=Replicate(), use_local_output=False))
 
 
 def _layer_names(model: nn.Module) -> list[str]:
     layers = getattr(model, "layers", None)
-    if not isinstance(layers, nn.ModuleDict) or len(layers) == 0:
-        raise ValueError("the model has no non-empty `layers` container; the TP plan follows the names in "
+    if not isinstance(layers, nn.ModuleDict):  # may be empty on a pipeline stage holding only the head
+        raise ValueError("the model has no `layers` ModuleDict; the TP plan follows the names in "
                          "docs/architecture.md")
     return [f"layers.{name}" for name, _ in layers.named_children()]

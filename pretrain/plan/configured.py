@@ -10,8 +10,7 @@ from pretrain.plan.layout import Layout, Workload
 def configured_layout(cfg, gpus: int) -> Layout:
     """The layout of ``cfg.parallel`` / ``cfg.train`` on ``gpus`` ranks (dp = the rest)."""
     parallel, train = cfg.parallel, cfg.train
-    # parallel.pp* and parallel.cp arrive with the pipeline / context-parallel branch; 1 until then
-    pp, cp = getattr(parallel, "pp", 1), getattr(parallel, "cp", 1)
+    pp, cp = parallel.pp, parallel.cp
     model_ranks = parallel.tp * pp * cp
     if gpus % model_ranks:
         raise ValueError(f"{gpus} GPUs are not divisible by tp x pp x cp = {model_ranks}; change --gpus or "
@@ -20,10 +19,9 @@ def configured_layout(cfg, gpus: int) -> Layout:
                   fsdp=parallel.fsdp, activation_checkpointing=train.activation_checkpointing,
                   reduce_every_microbatch=parallel.reduce_every_microbatch,
                   sequence_parallel=parallel.sequence_parallel,
-                  pp_schedule=getattr(parallel, "pp_schedule", "1f1b"),
-                  pp_virtual_stages=getattr(parallel, "pp_virtual_stages", 1),
-                  pp_microbatches=getattr(parallel, "pp_microbatches", None),
-                  pp_layers_per_stage=tuple(getattr(parallel, "pp_layers_per_stage", None) or ()) or None)
+                  pp_schedule=parallel.pp_schedule, pp_virtual_stages=parallel.pp_virtual_stages,
+                  pp_microbatches=parallel.pp_microbatches,
+                  pp_layers_per_stage=tuple(parallel.pp_layers_per_stage) if parallel.pp_layers_per_stage else None)
 
 
 def configured_workload(cfg, model: ModelConfig, gpus: int, gpu: GPU, cpu: bool = False) -> Workload:

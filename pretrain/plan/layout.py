@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from pretrain.model.config import ModelConfig
+from pretrain.parallel.pipeline import layers_per_stage
 from pretrain.plan.hardware import GPU
 
 # Pipeline schedules the planner models: bubble fraction and in-flight micro-batches on the first stage
@@ -84,21 +85,14 @@ def round_microbatches(w: Workload, lay: Layout) -> int:
 
 def stage_counts(w: Workload, lay: Layout) -> list[int]:
     """Blocks of each pipeline stage (pp x virtual stages), as the trainer splits them: the config's
-    parallel.pp_layers_per_stage, else balanced with the embedding and the head each weighted as one
-    layer, the remainder to the middle stages first (GLM-130B's 70 layers on 8: 8, 9 x 6, 8)."""
+    parallel.pp_layers_per_stage, else pipeline.py's balanced split (embedding and head weighted as one
+    layer each; GLM-130B's 70 layers on 8: 8, 9 x 6, 8). ValueError when no stage split exists."""
     stages = lay.pp * (lay.pp_virtual_stages if lay.pp_schedule == "interleaved_1f1b" else 1)
     if lay.pp_layers_per_stage:
         return list(lay.pp_layers_per_stage)
     if stages == 1:
         return [w.model.num_layers]
-    # the trainer's rule (parallel/pipeline.py layers_per_stage on the pp branch; import it once merged)
-    base, extra = divmod(w.model.num_layers + 2, stages)
-    units = [base] * stages
-    for stage in [*range(1, stages - 1), stages - 1, 0][:extra]:
-        units[stage] += 1
-    units[0] -= 1
-    units[-1] -= 1
-    return units
+    return layers_per_stage(w.model.num_layers, stages)
 
 
 def rank_layers(w: Workload, lay: Layout) -> list[int]:
@@ -163,8 +157,13 @@ def check(w: Workload, lay: Layout) -> str | None:
         return f"pp={lay.pp} exceeds num_layers={cfg.num_layers}"
     if lay.pp_schedule not in SCHEDULES:
         return f"pp_schedule={lay.pp_schedule!r}: the planner models {list(SCHEDULES)}"
+    if lay.reduce_every_microbatch and lay.pp > 1:
+        return "reduce_every_microbatch with pp > 1: the pipeline stages reduce gradients after the last micro-batch"
     if lay.pp > 1:
-        counts = stage_counts(w, lay)
+        try:
+            counts = stage_counts(w, lay)
+        except ValueError as error:
+            return str(error)
         if len(counts) != lay.pp * (lay.pp_virtual_stages if lay.pp_schedule == "interleaved_1f1b" else 1) \
                 or sum(counts) != cfg.num_layers or min(counts) < 1:
             return f"the {len(counts)} stages cannot split {cfg.num_layers} layers as {counts}"

@@ -2,7 +2,8 @@
 
 Ranking: layouts that fit first, fastest estimated step first; then the rest, smallest memory first.
 ``reduce_every_microbatch`` is chosen when memory-bound: a layout that does not fit with FSDP2's
-unsharded gradient accumulators is tried again reducing every micro-batch.
+unsharded gradient accumulators is tried again reducing every micro-batch (without pipeline
+parallelism: torch.distributed.pipelining's stages reduce after the last micro-batch themselves).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def evaluate(w: Workload, lay: Layout) -> Estimate:
 def evaluate_choosing_reduction(w: Workload, lay: Layout) -> Estimate:
     """``lay`` as is, or with reduce_every_microbatch if only that makes it fit."""
     estimate = evaluate(w, lay)
-    if not estimate.fits and micro_batches(w, lay) > 1 and not lay.reduce_every_microbatch:
+    if not estimate.fits and micro_batches(w, lay) > 1 and lay.pp == 1 and not lay.reduce_every_microbatch:
         reduced = evaluate(w, lay.replace(reduce_every_microbatch=True))
         if reduced.fits:
             return reduced

@@ -16,27 +16,30 @@ from pretrain.parallel.config import ParallelConfig
 
 @dataclasses.dataclass
 class TrainConfig:
-    max_steps: int = 100
-    seed: int = 0
+    max_steps: int = 100  # optimizer steps of the run
+    seed: int = 0  # model init, data order and masks
     global_batch_size: int = 8  # rows per optimizer step, over all data-parallel ranks
     micro_batch_size: int = 8  # rows per forward/backward on one rank
-    seq_len: int = 128
-    lr: float = 3e-4
+    seq_len: int = 128  # tokens per row (Part A + Part B, padding included)
+    lr: float = 3e-4  # peak learning rate (after warmup)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr
     lr_decay_steps: int | None = None  # length of warmup+cosine; defaults to max_steps
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    weight_decay: float = 0.1  # AdamW decay of matrices and embeddings (not norms or biases)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decays
+    eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still measured and logged)
     max_consecutive_nonfinite: int = 5  # skipped NaN/inf steps in a row before the run stops
-    activation_checkpointing: bool = False
-    compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    compile: bool = False  # torch.compile each block (GPU: fused kernels, fewer launches)
     dtype: typing.Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     # full: every rank builds and initializes the whole model, then shards it (bit-identical to a
     # single process). meta: build on the meta device, shard, then allocate and initialize only the
     # local shards: no rank ever holds the full weights (large presets on GPU nodes; torch engine).
     init_device: typing.Literal["full", "meta"] = "full"
+    # Start from these weights (continued pretraining): a run directory (its latest checkpoint, e.g. made by
+    # `import-hf`) or a transformers GLM checkpoint directory. Fresh optimizer, step 0; null: random init.
+    init_from: str | None = None
 
     def validate(self) -> None:
         for name in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "max_consecutive_nonfinite"):
@@ -56,19 +59,29 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class CheckpointConfig:
-    interval: int = 0  # save every N steps (0: only at the end and on SIGTERM)
+    interval: int = 0  # save every N steps (0: only at the end and on SIGTERM/SIGUSR1)
     keep: int = 3  # complete checkpoints kept (oldest deleted first)
     dir: str | None = None  # default: <run.dir>/checkpoints
-    resume: bool = True  # continue from the latest complete checkpoint in dir, if any
+    # latest: continue from the newest complete checkpoint in dir, if any; a step number: from that one;
+    # none: start over. Checkpoints newer than the one resumed from are moved to <dir>/abandoned/.
+    resume_from: int | typing.Literal["latest", "none"] = "latest"
+    # When the latest checkpoint cannot be read (truncated, edited, saved in a NaN streak), resume from
+    # the newest one that can instead of stopping with a message that names both.
+    fallback_to_previous: bool = False
+    # Torch engine: write checkpoints from a background thread while training goes on (the next save
+    # waits for the last); false: every rank waits for its files.
+    async_save: bool = True
 
     def validate(self) -> None:
         if self.interval < 0 or self.keep < 1:
             raise ValueError(f"need interval >= 0 and keep >= 1, got interval={self.interval}, keep={self.keep}")
+        if isinstance(self.resume_from, int) and self.resume_from < 0:
+            raise ValueError(f"resume_from={self.resume_from} must be a step >= 0, latest or none")
 
 
 @dataclasses.dataclass
 class RunConfig:
-    dir: str = "runs/default"
+    dir: str = "runs/default"  # config.yaml, metrics.jsonl, TensorBoard events, checkpoints
 
 
 @dataclasses.dataclass
@@ -78,18 +91,35 @@ class EvalConfig:
     # ObjectiveConfig fields to evaluate under instead of the training objective (null: the training
     # one). Fixed across runs, it scores them on the same held-out windows and masks (ablations).
     objective: dict[str, Any] | None = None
+    # At every evaluation also score cloze accuracy ([MASK] and [gMASK] views) and blank infilling on the
+    # held-out documents, per language (pretrain/train/downstream.py: eval/cloze_acc, eval/infill_ppl, ...).
+    downstream: bool = False
+    downstream_documents: int | None = None  # held-out documents per language it reads (null: all of them)
 
     def validate(self) -> None:
         if self.interval < 0 or self.batches < 1:
             raise ValueError(f"need interval >= 0 and batches >= 1, got interval={self.interval}, "
                              f"batches={self.batches}")
+        if self.downstream_documents is not None and self.downstream_documents < 1:
+            raise ValueError(f"downstream_documents={self.downstream_documents} must be >= 1 (or null for every "
+                             f"held-out document)")
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    enabled: bool = False  # also log every record to Weights & Biases (the wandb package, in the [dev] extra)
+    project: str = "glm-pretrain"  # W&B project
+    entity: str | None = None  # W&B team or user (null: the logged-in user's default)
+    name: str | None = None  # W&B run name (null: the run directory's name)
+    mode: typing.Literal["online", "offline"] = "online"  # offline: files only, upload later with `wandb sync`
 
 
 @dataclasses.dataclass
 class MetricsConfig:
-    log_interval: int = 1
-    tensorboard: bool = True
+    log_interval: int = 1  # write metrics.jsonl, TensorBoard and the console line every N steps
+    tensorboard: bool = True  # TensorBoard events under <run.dir>/tensorboard
     peak_tflops: float | None = None  # per-device peak for MFU; default: looked up from the GPU name
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
     def validate(self) -> None:
         if self.log_interval < 1:
@@ -120,13 +150,17 @@ class Config:
 
     def to_dict(self) -> dict:
         data = to_dict(self)
-        data["model"] = {**({"preset": self.model.preset} if self.model.preset else {}), **self.model.fields}
+        data["model"] = self.model.to_dict()
         return data
 
 
 def checkpoint_dir(configured: str | None, run_dir: str | Path) -> Path:
     """``checkpoint.dir``, else ``<run.dir>/checkpoints``."""
     return Path(configured) if configured else Path(run_dir) / "checkpoints"
+
+
+# written by the trainer into a run's config.yaml next to the inputs: derived, ignored when it is loaded again
+RESOLVED_KEYS = ("resolved_model", "resolved_special_tokens")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
@@ -138,7 +172,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     sections = {"objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig,
                 "parallel": ParallelConfig, "checkpoint": CheckpointConfig, "run": RunConfig,
                 "eval": EvalConfig, "metrics": MetricsConfig}
-    unknown = sorted(set(raw) - set(sections) - {"model"})
+    unknown = sorted(set(raw) - set(sections) - {"model", *RESOLVED_KEYS})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections are "
                           f"{sorted([*sections, 'model'])}")

@@ -65,7 +65,7 @@ def dry_run(cfg: Config, gpus: int) -> DryRun:
         accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dims.dp)
         engine = build_engine(unallocated, model, mesh, dims, accumulation,
                               resolve_dtype(cfg.train.dtype, torch.device("cuda")), torch.device("meta"))
-        modules = getattr(engine, "parts", None) or [engine.model]  # a pipeline engine holds rank 0's stages
+        modules = engine.parts  # rank 0's model, or its pipeline stages
         local = sum((p.to_local() if isinstance(p, DTensor) else p).numel()
                     for module in modules for p in module.parameters())
         return DryRun(mesh_shape=dict(zip(mesh.mesh_dim_names, mesh.shape)), local_params=local,

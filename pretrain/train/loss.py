@@ -20,6 +20,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
@@ -50,28 +51,41 @@ def chunk_tokens_for(weight: torch.Tensor) -> int:
 
 
 class CrossEntropyHead:
-    """The ``output_head`` for GLMModel: ``head(hidden, weight) -> (Σ CE·token_weights, CE [B, S])``.
+    """The ``output_head`` for GLMModel: ``head(hidden, weight) -> (Σ CE·loss_mask / denominator, CE [B, S])``.
 
-    ``token_weights`` [B, S] are loss_mask / the step's Part-B count when training (the scalar is then
-    the micro-batch's share of the loss) and loss_mask when evaluating. CE is detached. A plain class,
-    not a dataclass or a partial: FSDP2 casts the floating tensors it finds in a dataclass argument to
-    the compute dtype, and DeepSpeed's AutoTP checks that every TP rank got equal arguments (``==``).
+    ``denominator`` is the step's Part-B count when training (the scalar is then the micro-batch's share
+    of the loss) and 1 when evaluating. CE is detached. A pytree node (tensors: target_ids and
+    loss_mask, rows first), so a pipeline schedule splits it into micro-batches with the other model
+    inputs; FSDP2 casts the floating tensors of its inputs to the compute dtype, which leaves a 0/1
+    loss_mask exact (a float loss_mask / denominator would not be). ``==`` because DeepSpeed's AutoTP
+    checks that every TP rank got equal arguments.
     """
 
-    def __init__(self, target_ids: torch.Tensor, token_weights: torch.Tensor, chunk_tokens: int | None = None):
-        self.target_ids, self.token_weights, self.chunk_tokens = target_ids, token_weights, chunk_tokens
+    def __init__(self, target_ids: torch.Tensor, loss_mask: torch.Tensor, denominator: float = 1.0,
+                 chunk_tokens: int | None = None):
+        self.target_ids, self.loss_mask = target_ids, loss_mask
+        self.denominator, self.chunk_tokens = denominator, chunk_tokens
 
     def __call__(self, hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return chunked_cross_entropy(hidden, weight, self.target_ids, self.token_weights, self.chunk_tokens)
+        token_weights = self.loss_mask.float() / self.denominator
+        return chunked_cross_entropy(hidden, weight, self.target_ids, token_weights, self.chunk_tokens)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CrossEntropyHead):
             return NotImplemented
         device = self.target_ids.device
-        return (self.chunk_tokens == other.chunk_tokens and torch.equal(self.target_ids, other.target_ids.to(device))
-                and torch.equal(self.token_weights, other.token_weights.to(device)))
+        return ((self.denominator, self.chunk_tokens) == (other.denominator, other.chunk_tokens)
+                and torch.equal(self.target_ids, other.target_ids.to(device))
+                and torch.equal(self.loss_mask, other.loss_mask.to(device)))
 
     __hash__ = None
+
+
+pytree.register_pytree_node(
+    CrossEntropyHead,
+    lambda head: ((head.target_ids, head.loss_mask), (head.denominator, head.chunk_tokens)),
+    lambda tensors, context: CrossEntropyHead(*tensors, *context),
+    serialized_type_name="pretrain.train.loss.CrossEntropyHead")
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torch.Tensor,

@@ -18,7 +18,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
             groups.setdefault((decay, mesh_of(param)), []).append(param)
     param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0}
                     for (decay, _), params in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    # fused: one kernel for the whole update on CUDA; foreach (grouped per-tensor ops) elsewhere
+    fused = all(p.device.type == "cuda" for group in param_groups for p in group["params"])
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None,
+                             foreach=not fused)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
