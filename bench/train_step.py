@@ -41,11 +41,12 @@ from pretrain.train.setup import resolve_dtype
 _INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
 
 
-def glm_batches(batch: int, seq_len: int, count: int) -> list[dict]:
+def glm_batches(batch: int, seq_len: int, count: int, position_encoding: str) -> list[dict]:
     from pretrain.data.config import DataConfig
     from pretrain.data.loader import build_loader, glm_collator, open_data
-    from pretrain.objectives import ObjectiveConfig, raw_length
-    objective = ObjectiveConfig(strategy="glm-10b")
+    from pretrain.objectives import ObjectiveConfig, raw_length, resolve_gmask_positions
+    # [gMASK] block positions as a run of this model would lay them out (configs/glm-4-9b.yaml: auto)
+    objective = resolve_gmask_positions(ObjectiveConfig(strategy="glm-10b", gmask_positions="auto"), position_encoding)
     geometry = dict(seq_len=seq_len, raw_len=raw_length(objective, seq_len), global_batch_size=batch,
                     micro_batch_size=batch, dp_rank=0, dp_size=1, seed=0)
     data = DataConfig(corpus="embedded", num_workers=0)
@@ -148,7 +149,7 @@ def main() -> None:
                        num_heads=args.heads, num_kv_heads=args.kv_heads, head_dim=args.hidden // args.heads,
                        ffn_hidden_size=args.hidden * 8 // 3 // 64 * 64, max_position_embeddings=args.seq_len)
     ours = GLMModel(cfg)
-    glm = glm_batches(args.batch, args.seq_len, count=4)
+    glm = glm_batches(args.batch, args.seq_len, count=4, position_encoding=cfg.position_encoding)
     causal = [causal_batch(b) for b in glm]
     from transformers import GlmConfig, GlmForCausalLM
     hf = GlmForCausalLM(GlmConfig(**{k: v for k, v in hf_config(ours, SpecialTokens()).items() if k != "architectures"}))

@@ -9,6 +9,7 @@ import yaml
 
 from pretrain.__main__ import main as cli
 from pretrain.cli.ablate import MARKER
+from tests.test_train_units import trainer_factory  # noqa: F401  (fixture)
 
 COMMON_EVAL = {"strategy": "document"}  # a yardstick neither variant trains on
 
@@ -40,61 +41,121 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep_out(tmp_path_factory, cache) -> tuple[Path, Path]:
+    """Two variants x two seeds, 3 steps with eval.interval 2: the last eval is the final one (step 3)."""
     root = tmp_path_factory.mktemp("ablate")
     sweep = write_sweep(root, cache, {"token": [], "causal": ["objective.strategy=causal"]})
     out = root / "out"
-    assert cli(["ablate", "--sweep", str(sweep), "--out", str(out)]) == 0
+    assert cli(["ablate", "--sweep", str(sweep), "--out", str(out), "--seeds", "2", "--stats-rows", "16",
+                "train.max_steps=3"]) == 0
     return sweep, out
 
 
-def table_rows(summary: str) -> list[list[str]]:
-    lines = [line for line in summary.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+def table(summary: str, first_column: str) -> list[list[str]]:
+    """The Markdown table whose header starts with ``first_column``: header, then rows."""
+    lines = summary.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return [rows[0], *rows[2:]]
 
 
-def test_sweep_summarizes_each_variant_from_its_metrics(sweep_out):
+def mean_cell(values: list[float], fmt: str = "{:.4f}") -> str:
+    from scipy import stats
+    half = stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
+    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(half)}"
+
+
+def test_sweep_summarizes_each_variant_over_its_seeds(sweep_out):
     _, out = sweep_out
     summary = (out / "summary.md").read_text()
-    header = [line for line in summary.splitlines() if line.startswith("|")][0]
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
-    assert columns == ["variant", "step", "train loss (own objective)", "eval step", "eval loss", "document",
-                       "tokens/s", "wall s"]
     assert summary.startswith("# Ablation sweep\n\nComparable across variants")
-    rows = table_rows(summary)
+    header, *rows = table(summary, "variant")
+    assert header == ["variant", "seeds", "step", "train loss (own objective)", "eval step", "eval loss", "document",
+                      "tokens/s", "wall s"]
     assert [row[0] for row in rows] == ["token", "causal"]
     for row in rows:
-        records = [json.loads(line) for line in (out / row[0] / "metrics.jsonl").read_text().splitlines()]
-        last = records[-1]
-        assert last["step"] == 2 and row[1] == "2" and row[3] == "2"
-        assert row[2] == f"{last['loss']:.4f}" and row[4] == f"{last['eval/loss']:.4f}"
-        # scored under the common objective, not the training one
-        assert row[5] == f"{last['eval/loss/document']:.4f}"
-        assert [key for key in last if key.startswith("eval/loss")] == ["eval/loss", "eval/loss/document"]
-        assert float(row[6]) == pytest.approx(statistics.median(r["tokens_per_s"] for r in records), abs=0.5)
-        marker = json.loads((out / row[0] / MARKER).read_text())
-        assert float(row[7]) == pytest.approx(marker["wall_s"], abs=0.05) and marker["wall_s"] > 0
-        assert marker["finished"]
-        assert marker["overrides"] == ([] if row[0] == "token" else ["objective.strategy=causal"])
-    causal_train = json.loads((out / "causal" / "metrics.jsonl").read_text().splitlines()[-1])
+        runs = {seed: [json.loads(line) for line in (out / row[0] / f"seed{seed}" / "metrics.jsonl").read_text()
+                       .splitlines()] for seed in (0, 1)}
+        finals = [records[-1] for records in runs.values()]
+        # the run ends with an eval at its last step although 3 is not a multiple of eval.interval=2
+        assert all(f["step"] == 3 and "eval/loss" in f for f in finals)
+        assert [r["step"] for r in runs[0] if "eval/loss" in r] == [2, 3]
+        assert row[1:3] == ["2", "3"] and row[4] == "3"
+        assert row[3] == mean_cell([f["loss"] for f in finals])
+        assert row[5] == mean_cell([f["eval/loss"] for f in finals])
+        assert row[6] == mean_cell([f["eval/loss/document"] for f in finals])  # the common objective
+        assert [key for key in finals[0] if key.startswith("eval/loss")] == ["eval/loss", "eval/loss/document"]
+        speeds = [statistics.median(r["tokens_per_s"] for r in records) for records in runs.values()]
+        assert row[7] == mean_cell(speeds, "{:.0f}")
+        for seed in (0, 1):
+            marker = json.loads((out / row[0] / f"seed{seed}" / MARKER).read_text())
+            assert marker["finished"] and marker["wall_s"] > 0
+            assert marker["overrides"] == [*([] if row[0] == "token" else ["objective.strategy=causal"]),
+                                           "train.max_steps=3", f"train.seed={seed}"]
+    token = {seed: json.loads((out / "token" / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()[0])
+             for seed in (0, 1)}
+    assert token[0]["loss"] != token[1]["loss"]  # the seeds train differently
+    causal_train = json.loads((out / "causal" / "seed0" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "loss/causal" in causal_train and "loss/token" not in causal_train
 
 
-def test_finished_variants_are_skipped_on_rerun(sweep_out, capsys):
-    sweep, out = sweep_out
-    before = {name: (out / name / "metrics.jsonl").read_text() for name in ("token", "causal")}
+def test_summary_compares_with_the_reference_and_shows_statistics_and_plot(sweep_out):
+    _, out = sweep_out
     summary = (out / "summary.md").read_text()
-    assert cli(["ablate", "--sweep", str(sweep), "--out", str(out)]) == 0
+    header, *rows = table(summary, "variant | test")
+    assert header == ["variant", "test", "eval loss", "document"]
+    assert [row[:2] for row in rows] == [["causal", "paired t"]]  # same seeds, same eval set
+    header, *rows = table(summary, "variant | objective")
+    assert header[2:] == ["rows", "masked ratio (p5-p95)", "span length", "spans/row", "Part-B share", "padding",
+                          "dropped spans"]
+    assert [row[:3] for row in rows] == [["token", "glm", "16"], ["causal", "causal", "16"]]
+    assert 0.1 < float(rows[0][3].split()[0]) < 0.2 and float(rows[1][3].split()[0]) > 0.6
+    assert "![eval loss vs tokens](eval_loss.png)" in summary
+    assert (out / "eval_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_finished_runs_are_skipped_on_rerun(sweep_out, capsys):
+    sweep, out = sweep_out
+    runs = [out / name / f"seed{seed}" for name in ("token", "causal") for seed in (0, 1)]
+    before = {run: (run / "metrics.jsonl").read_text() for run in runs}
+    summary = (out / "summary.md").read_text()
+    assert cli(["ablate", "--sweep", str(sweep), "--out", str(out), "--seeds", "2", "--stats-rows", "16",
+                "train.max_steps=3"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("already finished, skipped") == 2
-    assert {name: (out / name / "metrics.jsonl").read_text() for name in before} == before
+    assert printed.count("already finished, skipped") == 4
+    assert {run: (run / "metrics.jsonl").read_text() for run in runs} == before
     assert (out / "summary.md").read_text() == summary  # the recorded wall times, not the skip's
 
 
-def test_changed_overrides_of_a_started_variant_are_refused(sweep_out, capsys):
+def test_changed_overrides_of_a_started_run_are_refused(sweep_out, capsys):
     sweep, out = sweep_out
     assert cli(["ablate", "--sweep", str(sweep), "--out", str(out), "--only", "token", "train.lr=1e-3"]) == 2
     err = capsys.readouterr().err
-    assert "variant 'token'" in err and "train.lr=1e-3" in err and "another --out" in err
+    assert "variant 'token' seed 0" in err and "train.lr=1e-3" in err and "another --out" in err
+
+
+def test_seeds_count_up_from_the_variants_seed_into_their_own_directories(tmp_path):
+    from pretrain.cli.ablate import load_sweep
+    sweep = write_sweep(tmp_path, tmp_path / "cache", {"a": [], "b": ["train.seed=7"]})
+    _, (a, b) = load_sweep(sweep, tmp_path / "out", ["train.lr=1e-3"], seeds=3)
+    assert list(a.runs) == [0, 1, 2] and list(b.runs) == [7, 8, 9]
+    for variant in (a, b):
+        for seed, cfg in variant.runs.items():
+            assert cfg.train.seed == seed and cfg.train.lr == 1e-3
+            assert Path(cfg.run.dir) == tmp_path / "out" / variant.name / f"seed{seed}"
+
+
+def test_unknown_variant_in_only_or_reference_is_refused(tmp_path, capsys):
+    sweep = write_sweep(tmp_path, tmp_path / "cache", {"a": [], "b": []})
+    for flag in ("--only", "--reference"):
+        assert cli(["ablate", "--sweep", str(sweep), "--out", str(tmp_path / "out"), flag, "c"]) == 2
+        assert f"{flag}: unknown variant(s) ['c']" in capsys.readouterr().err
+    assert cli(["ablate", "--sweep", str(sweep), "--out", str(tmp_path / "out"), "--seeds", "0"]) == 2
+    assert "--seeds=0 must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_override_key_fails_before_any_run(tmp_path, capsys):
@@ -115,18 +176,43 @@ def test_bad_eval_objective_fails_at_load_time(tmp_path):
 
 
 def test_summary_says_when_eval_losses_are_not_comparable(tmp_path):
-    from pretrain.cli.ablate import load_sweep, summary_markdown
+    from pretrain.cli.ablate import load_sweep
+    from pretrain.train.ablation_summary import summary_markdown
     sweep = write_sweep(tmp_path, tmp_path / "cache", {"token": [], "causal": ["objective.strategy=causal"]},
                         eval_objective=None)
     _, variants = load_sweep(sweep, tmp_path / "out", [])
-    assert "NOT comparable" in summary_markdown(variants, [])
+    assert "NOT comparable" in summary_markdown(variants, {})
     sweep = write_sweep(tmp_path, tmp_path / "cache", {
-        "a": [], "b": ["eval.objective.token.mask_ratio=0.3"], "c": ["train.seed=1"], "d": ["data.alpha=1.0"],
-        "same-task": ["eval.objective.layout=legacy", "data.num_workers=2", "train.lr=1e-3"]})
+        "a": [], "b": ["eval.objective.token.mask_ratio=0.3"], "c": ["eval.seed=1"], "d": ["data.alpha=1.0"],
+        "same-task": ["eval.objective.layout=legacy", "data.num_workers=2", "train.lr=1e-3", "train.seed=5",
+                      "objective.token.sentinels=true", "eval.objective.token.sentinels=true"]})
     _, variants = load_sweep(sweep, tmp_path / "out", [])
     assert "NOT comparable across variants: variants ['b', 'c', 'd'] are evaluated on other samples" in \
-        summary_markdown(variants, [])
-    assert summary_markdown([variants[0], variants[-1]], []).startswith("# Ablation sweep\n\nComparable")
+        summary_markdown(variants, {})
+    assert summary_markdown([variants[0], variants[-1]], {}).startswith("# Ablation sweep\n\nComparable")
+
+
+def test_every_training_seed_is_scored_on_the_same_held_out_masks(trainer_factory, tmp_path):  # noqa: F811
+    """train.seed moves the initialization, the data order and the training masks; the held-out rows and
+    the downstream infill spans follow eval.seed only."""
+    import torch
+    from pretrain.train.downstream import build_examples
+
+    def first_batches(*overrides):
+        trainer = trainer_factory(tmp_path / "-".join(overrides), "eval.interval=1", "eval.batches=1", *overrides)
+        train, held_out = next(iter(trainer.s.loader)), next(iter(trainer.s.eval_loader))
+        weights = next(trainer.engine.model.parameters()).full_tensor()
+        return train, held_out, weights, build_examples(trainer.cfg, trainer.s.data)[0]
+
+    train0, eval0, weights0, examples0 = first_batches("train.seed=0")
+    train1, eval1, weights1, examples1 = first_batches("train.seed=1")
+    _, eval_other, _, examples_other = first_batches("train.seed=0", "eval.seed=1")
+    assert not torch.equal(train0["input_ids"], train1["input_ids"]) and not torch.equal(weights0, weights1)
+    assert eval0.keys() == eval1.keys() and all(torch.equal(eval0[k], eval1[k]) for k in eval0)
+    assert [e.spans.tolist() for e in examples0] == [e.spans.tolist() for e in examples1]
+    assert torch.equal(eval0["sample_ids"], eval_other["sample_ids"])  # the same windows ...
+    assert not torch.equal(eval0["input_ids"], eval_other["input_ids"])  # ... masked otherwise
+    assert [e.spans.tolist() for e in examples0] != [e.spans.tolist() for e in examples_other]
 
 
 def test_bench_rejects_unknown_name(capsys):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import yaml
 
 from pretrain.data.tokenizer import train_tokenizer
 from pretrain.generate.cloze import cloze_example, split_last_word
@@ -86,15 +85,25 @@ def test_scoring_layout_is_the_objectives_and_marks_the_scored_targets():
     ablated = layout_scored(examples(), seq_len=28, special=SPECIAL, block_positions=False)
     assert ablated["block_position_ids"].tolist() == (batch["loss_mask"][:2] > 0).astype(int).tolist()
     assert np.array_equal(ablated["example"], batch["example"][:2])
+    # gmask_positions=continue: the [gMASK] example's block prolongs the text, the [MASK] ones stay
+    prolonged = layout_scored(examples(), seq_len=28, special=SPECIAL, rows_multiple=4, gmask_positions="continue")
+    gmask = examples()[2]
+    sample = build_sample(gmask.tokens, gmask.spans, [0], SPECIAL.gmask, SPECIAL.sop, SPECIAL.eop, prolong=[True])
+    assert prolonged["position_ids"][1, :len(sample.position_ids)].tolist() == sample.position_ids.tolist()
+    assert sample.position_ids.tolist() == list(range(len(sample.position_ids)))  # a suffix: 0, 1, 2, ...
+    assert np.array_equal(prolonged["position_ids"][0], batch["position_ids"][0])
+    assert all(np.array_equal(prolonged[k], batch[k]) for k in batch if k != "position_ids")
 
 
-@pytest.mark.parametrize("block_positions", [True, False])
-def test_teacher_forced_scoring_agrees_with_generation(block_positions):
+@pytest.mark.parametrize("encoding, block_positions, gmask_positions", [
+    ("rope_2d", True, "mask"), ("rope_2d", False, "mask"), ("rope_1d", True, "continue"), ("rope_2d", False, "continue")])
+def test_teacher_forced_scoring_agrees_with_generation(encoding, block_positions, gmask_positions):
     """What greedy generation writes into a blank, teacher forcing scores as the model's own argmax at
-    every position: the two paths encode blanks, positions and block positions the same way."""
+    every position: the two paths encode blanks, positions and block positions the same way ([gMASK]
+    blocks at the mask's position or prolonging the text)."""
     torch.manual_seed(0)
     model = build_model("glm-tiny", vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, ffn_hidden_size=96,
-                        max_position_embeddings=64, position_encoding="rope_2d").eval()
+                        max_position_embeddings=64, position_encoding=encoding).eval()
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.3)
@@ -104,13 +113,15 @@ def test_teacher_forced_scoring_agrees_with_generation(block_positions):
     parts.append((np.r_[SPECIAL.cls, texts[2]], SPECIAL.gmask, np.zeros(0, dtype=np.int64)))
     prompts = [np.r_[head, blank, tail] for head, blank, tail in parts]
     stops = [SPECIAL.eop, SPECIAL.eos]  # banned: every fill is 5 tokens
-    fills = fill_blanks(model, prompts, SPECIAL, max_new_tokens=5, block_positions=block_positions, banned=stops)
+    fills = fill_blanks(model, prompts, SPECIAL, max_new_tokens=5, block_positions=block_positions,
+                        gmask_positions=gmask_positions, banned=stops)
     scored = []
     for (head, blank, tail), (fill,) in zip(parts, fills):
         tokens = np.r_[head, fill, tail].astype(np.int64)
         span_end = len(tokens) if blank == SPECIAL.gmask else len(head) + len(fill)
         scored.append(Scored(tokens, np.array([[len(head), span_end]]), blank, scored=len(fill)))
-    batch = {k: torch.from_numpy(v) for k, v in layout_scored(scored, 32, SPECIAL, block_positions).items()}
+    batch = layout_scored(scored, 32, SPECIAL, block_positions, gmask_positions=gmask_positions)
+    batch = {k: torch.from_numpy(v) for k, v in batch.items()}
     with torch.no_grad():
         logits = model(*(batch[k] for k in MODEL_INPUTS))
     banned = [SPECIAL.pad, SPECIAL.cls, SPECIAL.mask, SPECIAL.smask, SPECIAL.gmask, SPECIAL.sop, *stops]
@@ -177,22 +188,3 @@ def test_trainer_eval_reports_downstream_metrics_per_language(tmp_path, tmp_path
     cloze = {key.rsplit("/", 1)[1] for key in record if key.startswith("eval/cloze_acc/")}
     assert {"en", "de", "ar", "ru"} <= cloze and not {"zh", "ja"} & cloze  # no space-delimited last word
     assert {key.rsplit("/", 1)[1] for key in record if key.startswith("eval/cloze_causal_ppl/")} == cloze
-
-
-def test_ablation_summary_shows_downstream_metrics_overall_and_per_language(tmp_path):
-    from pretrain.cli.ablate import load_sweep, summary_markdown
-    base = {"model": {"preset": "glm-tiny"}, "data": {"corpus": "embedded"},
-            "eval": {"interval": 2, "downstream": True, "objective": {"strategy": "document"}}}
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "variants": {"a": [], "b": []}}))
-    _, variants = load_sweep(tmp_path / "sweep.yaml", tmp_path / "out", [])
-    rows = [{"variant": name, "step": 2, "loss": 3.0, "eval_step": 2, "eval/loss": 4.0, "eval/loss/document": 4.0,
-             "eval/cloze_acc": acc, "eval/cloze_acc/de": acc, "eval/cloze_acc/en": 1.0, "eval/infill_ppl": 9.5,
-             "tokens_per_s": 100.0, "wall_s": 1.0} for name, acc in (("a", 0.25), ("b", 0.5))]
-    summary = summary_markdown(variants, rows)
-    table = [line for line in summary.splitlines() if line.startswith("|")]
-    assert table[0] == ("| variant | step | train loss (own objective) | eval step | eval loss | document | cloze_acc "
-                        "| infill_ppl | tokens/s | wall s |")
-    assert table[2] == "| a | 2 | 3.0000 | 2 | 4.0000 | 4.0000 | 0.2500 | 9.5000 | 100 | 1.0 |"
-    assert "`eval/cloze_acc` per language:" in summary
-    assert table[4:] == ["| language | a | b |", "|---|---|---|", "| de | 0.2500 | 0.5000 |", "| en | 1.0000 | 1.0000 |"]

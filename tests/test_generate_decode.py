@@ -1,7 +1,8 @@
 """Generation on random models: the KV cache reproduces the full forward, cached decoding equals
 recomputing the whole sequence token for token (greedy and seeded sampling, every position
-encoding, GQA, a batch of prompts vs each prompt alone), sampling draws from the distribution it
-claims, prompts become Part A as the trainer frames documents."""
+encoding, GQA, [gMASK] blocks at the mask's position or prolonging the text, a batch of prompts vs
+each prompt alone), the positions fed are the training layout's, sampling draws from the
+distribution it claims, prompts become Part A as the trainer frames documents."""
 import numpy as np
 import pytest
 import torch
@@ -68,13 +69,55 @@ def test_cached_batch_decoding_equals_recomputing_each_prompt_alone(encoding, sa
     assert not banned & set(written)
 
 
+@pytest.mark.parametrize("gmask_positions", ["mask", "continue"])
+def test_cached_decoding_equals_recomputing_under_both_gmask_position_schemes(gmask_positions):
+    """The rope_1d model (GLM-4-like) that gmask_positions=auto prolongs for: a batch with [MASK],
+    [sMASK] and a final [gMASK] blank, cached, equals each prompt alone without the cache."""
+    model = random_model("rope_1d_gqa")
+    fill = dict(max_new_tokens=6, sampling=SAMPLED, gmask_positions=gmask_positions)
+    cached = fill_blanks(model, prompts(), SPECIAL, **fill)
+    alone = [fill_blanks(model, [p], SPECIAL, prompt_ids=[i], use_cache=False, **fill)[0]
+             for i, p in enumerate(prompts())]
+    assert cached == alone and [len(blocks) for blocks in cached] == [1, 2, 1]
+    if gmask_positions == "continue":  # only the [gMASK] blank's fill can differ from the mask scheme's
+        at_mask = fill_blanks(model, prompts(), SPECIAL, max_new_tokens=6, sampling=SAMPLED)
+        assert cached[:2] == at_mask[:2] and cached[2] != at_mask[2]
+
+
+def test_generator_feeds_the_positions_of_the_training_layout():
+    """Golden: [cls] w w [MASK] w [gMASK] with 3 tokens per blank. The [MASK] block stays at the
+    blank's position 3; under continue the [gMASK] block prolongs the text from position 5: sop at 6,
+    then 7, 8 (GLM-130B); under mask it stays at 5. Block positions count 1, 2, 3 either way."""
+    model = random_model("rope_1d_gqa")
+    s = SPECIAL
+    prompt = np.array([s.cls, 20, 21, s.mask, 22, s.gmask])
+    fed = []
+    hook = model.register_forward_pre_hook(lambda module, inputs: fed.append((inputs[1][0].tolist(),
+                                                                             inputs[2][0].tolist())))
+    try:
+        for gmask_positions in ("mask", "continue"):
+            fill_blanks(model, [prompt], s, max_new_tokens=3, banned=[s.eop, s.eos], gmask_positions=gmask_positions)
+    finally:
+        hook.remove()
+    steps = 1 + 2 * 3  # Part A, then 3 inputs per blank (sop and 2 written tokens; the third completes it)
+    assert len(fed) == 2 * steps
+    part_a = ([0, 1, 2, 3, 4, 5], [0] * 6)
+    blocks = [[1], [2], [3]] * 2
+    assert fed[:steps] == [part_a, *zip([[3], [3], [3], [5], [5], [5]], blocks)]
+    assert fed[steps:] == [part_a, *zip([[3], [3], [3], [6], [7], [8]], blocks)]
+    sample = build_sample(np.array([s.cls, 20, 21, 30, 22, 31, 32, 33]), [(3, 4), (5, 8)], [0, 1], s.mask, s.sop,
+                          s.eop, prolong=[False, True])
+    assert sample.position_ids.tolist()[6:] == [3, 3, 6, 7, 8, 9], "the layout the model was trained on"
+
+
+@pytest.mark.parametrize("prolong", [None, [True, False]], ids=["at_mask", "prolonged"])
 @pytest.mark.parametrize("encoding", sorted(ENCODINGS))
-def test_kv_cache_logits_equal_the_full_forward_over_a_laid_out_sample(encoding):
+def test_kv_cache_logits_equal_the_full_forward_over_a_laid_out_sample(encoding, prolong):
     """Part A in one chunk, then Part B (two blocks) in chunks of 1 and 3 tokens through the cache:
     every logit equals the dense reference forward over the whole row."""
     model = random_model(encoding, backend="dense")
     text = np.random.default_rng(1).integers(8, 128, 20)
-    sample = build_sample(text, [(3, 6), (10, 15)], [1, 0], SPECIAL.mask, SPECIAL.sop, SPECIAL.eop)
+    sample = build_sample(text, [(3, 6), (10, 15)], [1, 0], SPECIAL.mask, SPECIAL.sop, SPECIAL.eop, prolong=prolong)
     n = len(sample.input_ids)
     row = dict(input_ids=sample.input_ids, position_ids=sample.position_ids,
                block_position_ids=sample.block_position_ids, segment_ids=np.zeros(n, dtype=np.int64),
@@ -161,3 +204,10 @@ def test_prompt_without_blank_and_bad_decoding_requests_are_refused(tokenizer):
         fill_blanks(model, [np.array([2, *[9] * 70, 3, 1])], SPECIAL)
     with pytest.raises(ValueError, match="max_new_tokens=0 must be >= 1"):
         fill_blanks(model, prompts(), SPECIAL, max_new_tokens=0)
+    with pytest.raises(ValueError, match="gmask_positions='auto' must be resolved"):
+        fill_blanks(model, prompts(), SPECIAL, gmask_positions="auto")
+    # a prolonged [gMASK] block runs past the prompt: 60 + 8 positions do not fit a table of 64
+    long_prompt = np.array([2, *[9] * 59, SPECIAL.gmask])
+    fill_blanks(model, [long_prompt], SPECIAL, max_new_tokens=1)
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        fill_blanks(model, [long_prompt], SPECIAL, max_new_tokens=8, gmask_positions="continue")

@@ -1,6 +1,7 @@
 """The layout core against a plain reference: ``reference_layout`` below builds the same rows one token
 at a time and reads top to bottom; the vectorised ``infill.layout_rows`` must agree on random inputs
-(every per-span option: openers, blocks of several spans, inline spans, empty spans, untrained eop)."""
+(every per-span option: openers, blocks of several spans, inline spans, empty spans, untrained eop,
+blocks that prolong the text's positions)."""
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
@@ -12,7 +13,8 @@ KEYS = ("input_ids", "target_ids", "loss_mask", "position_ids", "block_position_
 
 def reference_layout(tokens, seg_lengths, seg_rows, n_rows, seq_len, spans, block_positions=True):
     """Contract 1, segment by segment: Part A = the text with each span replaced by its mask token; Part
-    B = per span in rank order, its opener then its text, targets shifted by one, eop where it closes."""
+    B = per span in rank order, its opener then its text, targets shifted by one, eop where it closes; a
+    block's tokens sit at its mask's position, or at the positions after it when the span prolongs the text."""
     field = lambda name, k, default: default if getattr(spans, name) is None else getattr(spans, name)[k]
     rows = [[] for _ in range(n_rows)]        # per row: (input, target, loss, position, block, segment, part_a)
     first, segments_in_row = 0, [0] * n_rows
@@ -32,7 +34,9 @@ def reference_layout(tokens, seg_lengths, seg_rows, n_rows, seq_len, spans, bloc
         part_b = []
         for k in sorted((k for k in mine if not field("inline", k, False)), key=lambda k: field("rank", k, k)):
             text = [field("opener", k, SOP)] + list(tokens[spans.start[k]:spans.end[k]])
-            part_b += [[t, None, 1.0, mask_pos[k], j + 1 if block_positions else 1] for j, t in enumerate(text)]
+            prolong = field("prolong", k, False)
+            part_b += [[t, None, 1.0, mask_pos[k] + (j + 1 if prolong else 0), j + 1 if block_positions else 1]
+                       for j, t in enumerate(text)]
             if field("closes", k, True):
                 part_b[-1][1], part_b[-1][2] = EOP, float(field("eop_loss", k, True))
         for j, token in enumerate(part_b):
@@ -51,8 +55,8 @@ def layouts(draw):
     seg_rows = sorted(draw(st.lists(st.integers(0, n_rows - 1), min_size=1, max_size=5)))
     seg_lengths = draw(st.lists(st.integers(1, 9), min_size=len(seg_rows), max_size=len(seg_rows)))
     tokens = np.array(draw(st.lists(st.integers(20, 40), min_size=sum(seg_lengths), max_size=sum(seg_lengths))))
-    columns = {name: [] for name in ("start", "end", "mask_id", "opener", "chain", "inline", "rank", "closes",
-                                     "eop_loss")}
+    columns = {name: [] for name in ("start", "end", "mask_id", "opener", "chain", "inline", "prolong", "rank",
+                                     "closes", "eop_loss")}
     first, left_to_right = 0, True
     for length in seg_lengths:
         at, at_empty, mine = first, first, []   # an empty span at p may precede a non-empty one at p
@@ -68,16 +72,18 @@ def layouts(draw):
         left_to_right &= order == sorted(order)
         for k, (start, end, inline) in enumerate(mine):
             columns["start"].append(start), columns["end"].append(end), columns["inline"].append(inline)
+            columns["prolong"].append(draw(st.booleans()))
             columns["mask_id"].append(draw(st.integers(2, 5))), columns["opener"].append(draw(st.sampled_from([SOP, 8])))
             columns["rank"].append(order.index(k))
             last = bool(in_b) and k == order[len(in_b) - 1]
             columns["closes"].append(last or draw(st.booleans())), columns["eop_loss"].append(draw(st.booleans()))
         first += length
-    as_array = {k: np.array(v, dtype=bool if k in ("inline", "closes", "eop_loss") else np.int64)
+    as_array = {k: np.array(v, dtype=bool if k in ("inline", "prolong", "closes", "eop_loss") else np.int64)
                 for k, v in columns.items() if k != "chain"}
     spans = Spans(**as_array)
-    for name in draw(st.sets(st.sampled_from(["opener", "inline", "rank", "closes", "eop_loss"]))):
-        # None is the GLM default: sop, no inline span, left to right, every span closes, eop trained.
+    for name in draw(st.sets(st.sampled_from(["opener", "inline", "prolong", "rank", "closes", "eop_loss"]))):
+        # None is the GLM default: sop, no inline span, positions at the mask, left to right, every span
+        # closes, eop trained.
         if name == "inline" and spans.inline.any() or name == "rank" and not left_to_right:
             continue
         setattr(spans, name, None)

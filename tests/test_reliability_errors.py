@@ -13,7 +13,6 @@ import pytest
 
 from pretrain.__main__ import main
 from pretrain.cli._errors import run_verb
-from pretrain.cli.ablate import read_metrics
 from pretrain.config import ConfigError
 from pretrain.data.sources import read_sources
 from pretrain.train.config import load_config
@@ -85,7 +84,7 @@ def test_bad_jsonl_input_names_file_and_line(tmp_path, lines, message):
 def test_torn_last_metrics_line_is_dropped_and_the_resume_continues(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
-    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    assert [r["step"] for r in read_jsonl(metrics)] == [1, 2, 3]
     writer = MetricsWriter(tmp_path, enabled=True, tensorboard=False, resume_step=2)
     writer.log({"step": 3, "loss": 0.5})
     writer.close()

@@ -18,7 +18,7 @@ from pretrain.data.tokenizer import load_tokenizer
 from pretrain.generate.infill import fill_blanks
 from pretrain.generate.prompt import filled_text, parse_prompt
 from pretrain.generate.sampling import Sampling
-from pretrain.objectives import ObjectiveConfig
+from pretrain.objectives import ObjectiveConfig, resolve_gmask_positions
 from pretrain.train.run_dir import load_trained_model, resolved_special_tokens
 
 
@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
                 raise ValueError(f"prompt {number}: {err}") from None
         objective = from_dict(ObjectiveConfig, load_yaml(config_path).get("objective"), f"{config_path}: objective")
         model = load_trained_model(args.run, args.checkpoint).to(args.device)
+        objective = resolve_gmask_positions(objective, model.cfg.position_encoding)  # as the run trained
         # never write special tokens other than the ends of a block, nor the vocabulary's padding rows
         banned = [i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special]
         banned += range(tokenizer.get_vocab_size(), model.cfg.vocab_size)
@@ -70,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start:start + args.batch_size]
             fills = fill_blanks(model, [p.part_a for p in batch], special, max_new_tokens=args.max_new_tokens,
-                                sampling=sampling, block_positions=objective.block_positions, banned=banned,
+                                sampling=sampling, block_positions=objective.block_positions,
+                                gmask_positions=objective.gmask_positions, banned=banned,
                                 prompt_ids=range(start, start + len(batch)))
             for prompt, blocks in zip(batch, fills):
                 print(filled_text(prompt, [tokenizer.decode(block) for block in blocks], args.mark), flush=True)

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _configs(args: argparse.Namespace):
-    """(data, objective, train section) from --config, with the command line taking precedence."""
+    """(data, objective, train section, model section) from --config, with the command line taking precedence."""
+    from pretrain.model.presets import ModelSection
     from pretrain.objectives import ObjectiveConfig  # the objective is only needed here
     raw = load_yaml(args.config) if args.config else {}
     data = from_dict(DataConfig, raw.get("data"), f"{args.config}: data")
@@ -47,7 +48,8 @@ def _configs(args: argparse.Namespace):
     objective = dict(raw.get("objective") or {})
     if args.strategy:
         objective.update(strategy=args.strategy, mixture={})
-    return data, from_dict(ObjectiveConfig, objective, f"{args.config}: objective"), raw.get("train") or {}
+    return (data, from_dict(ObjectiveConfig, objective, f"{args.config}: objective"), raw.get("train") or {},
+            ModelSection.from_section(raw.get("model"), f"{args.config}: model"))
 
 
 def sample_ids(loader, first: int, count: int, language: str | None) -> list[int]:
@@ -100,20 +102,31 @@ def print_sample(loader, collator, sample_id: int, width: int) -> None:
         inline = int((here & part_a & predicted).sum())  # MLM: predicted in place
         title = f"Part A (context, {int((here & part_a).sum())} tokens{f', {inline} predicted' if inline else ''})"
         print(f"\n{title:<{width}} | Part B (generated, {int((here & ~part_a).sum())} tokens)")
-        part_b, span_of = ids[here & ~part_a], positions[here & ~part_a]
-        blocks = np.split(part_b, np.flatnonzero(np.diff(span_of)) + 1)  # one per span (its mask's position)
+        in_b = here & ~part_a
+        blocks = np.split(ids[in_b], piece_starts(positions[in_b], batch["block_position_ids"][0][in_b], collator.cfg))
         print(side_by_side(decode(ids[here & part_a]), "  ".join(decode(b) for b in blocks), width))
+
+
+def piece_starts(positions: np.ndarray, block_positions: np.ndarray, objective) -> np.ndarray:
+    """Where each span's Part-B piece begins: at block position 1; without block positions, where the
+    position leaves its span's (the mask's, or one further when [gMASK] blocks prolong the text)."""
+    if objective.block_positions:
+        return np.flatnonzero(block_positions == 1)[1:]
+    step = np.diff(positions)
+    return np.flatnonzero((step != 0) & ~((step == 1) & (objective.gmask_positions == "continue"))) + 1
 
 
 def main(args: argparse.Namespace) -> int:
     from pretrain.data.loader import glm_collator, open_data
-    from pretrain.objectives import declared_special_tokens, raw_length
+    from pretrain.objectives import declared_special_tokens, raw_length, resolve_gmask_positions
     try:
-        data, objective, train = _configs(args)
+        data, objective, train, model = _configs(args)
         seq_len = args.seq_len or train.get("seq_len", 512)
         seed = train.get("seed", 0) if args.seed is None else args.seed
         global_batch = train.get("global_batch_size", 1)  # the per-batch strategy choice depends on it
         source = open_data(data, declared_special_tokens(objective))
+        # gmask_positions=auto as the trainer resolves it: by the config's model positions
+        objective = resolve_gmask_positions(objective, model.resolve(vocab_size=source.vocab_size).position_encoding)
         loader = build_loader(data, lambda samples: samples, seq_len=seq_len,
                               raw_len=raw_length(objective, seq_len), global_batch_size=global_batch,
                               micro_batch_size=global_batch, dp_rank=0, dp_size=1, seed=seed, split=args.split,

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pretrain.objectives.config import prolongs_gmask_blocks
 from pretrain.objectives.infill import Spans, layout_rows
 from pretrain.tokens import SpecialTokens
 
@@ -30,11 +31,14 @@ class Scored:
 
 
 def layout_scored(examples: Sequence[Scored], seq_len: int, special: SpecialTokens, block_positions: bool = True,
-                  rows_multiple: int = 1) -> dict[str, np.ndarray]:
+                  rows_multiple: int = 1, gmask_positions: str = "mask") -> dict[str, np.ndarray]:
     """Batch arrays [R, seq_len] (R a multiple of ``rows_multiple``; spare rows are padding), plus
-    ``example``: the index of the example whose target is scored at each position, -1 elsewhere."""
+    ``example``: the index of the example whose target is scored at each position, -1 elsewhere.
+    ``block_positions`` and ``gmask_positions`` ("mask" or "continue": a [gMASK] example's blocks
+    prolong the text) encode the examples as the run's resolved objective does."""
     if not examples:
         raise ValueError("no examples to lay out")
+    prolong = prolongs_gmask_blocks(gmask_positions)
     sizes = np.array([len(e.tokens) + 2 * len(e.spans) for e in examples])
     if sizes.max() > seq_len:
         raise ValueError(f"example {int(np.argmax(sizes > seq_len))} needs {sizes.max()} tokens laid out, more "
@@ -49,9 +53,10 @@ def layout_scored(examples: Sequence[Scored], seq_len: int, special: SpecialToke
     spans = np.concatenate([e.spans + start for e, start in zip(examples, np.cumsum(lengths) - lengths)])
     per_example = [len(e.spans) for e in examples]
     index_in_example = np.arange(len(spans)) - np.repeat(np.cumsum(per_example) - per_example, per_example)
+    mask_ids = np.repeat([e.mask_id for e in examples], per_example)
     batch = layout_rows(np.concatenate([e.tokens for e in examples]), lengths, rows, n_rows, seq_len,
-                        Spans(spans[:, 0], spans[:, 1], np.repeat([e.mask_id for e in examples], per_example),
-                              rank=index_in_example),  # blocks left to right
+                        Spans(spans[:, 0], spans[:, 1], mask_ids, rank=index_in_example,  # blocks left to right
+                              prolong=mask_ids == special.gmask if prolong else None),
                         pad_id=special.pad, sop_id=special.sop, eop_id=special.eop, block_positions=True)
     # segment k of row r is example (first example of row r) + k; target j of a block sits at block position j + 1
     row_first = np.searchsorted(rows, np.arange(n_rows))

@@ -7,7 +7,7 @@ dict of docs/architecture.md.
 """
 from pretrain.objectives.boundaries import TokenTables
 from pretrain.objectives.collator import INSTRUCTION, GLMCollator
-from pretrain.objectives.config import PRESETS, ObjectiveConfig
+from pretrain.objectives.config import PRESETS, ObjectiveConfig, prolongs_gmask_blocks, resolve_gmask_positions
 from pretrain.objectives.infill import InfillSample, build_sample
 from pretrain.objectives.packing import TextSample, attention_matrix, raw_length
 from pretrain.objectives.strategies import STRATEGIES, Strategy, register
@@ -23,5 +23,5 @@ def declared_special_tokens(*cfgs: ObjectiveConfig) -> dict[str, str]:
 __all__ = [
     "GLMCollator", "INSTRUCTION", "ObjectiveConfig", "PRESETS", "STRATEGIES", "Strategy", "register",
     "InfillSample", "build_sample", "TextSample", "attention_matrix", "raw_length", "TokenTables",
-    "declared_special_tokens", "sentence_end_ids",
+    "declared_special_tokens", "sentence_end_ids", "prolongs_gmask_blocks", "resolve_gmask_positions",
 ]

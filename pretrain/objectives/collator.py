@@ -2,8 +2,9 @@
 
 Per call (``plan``): choose each row's strategy (per global batch or per sample), draw every
 document's spans with its row's strategy (an instruction document, one with a prompt length, gets one
-[gMASK] span over its response whatever the strategy), drop the last spans of a row that would not
-fit, draw the Part-B orders; then (``lay_out``) lay everything out with ``infill.layout_rows``. All
+[gMASK] span over its response whatever the strategy; [gMASK] blocks prolong the text's positions
+only under objective.gmask_positions=continue), drop the last spans of a row that would not fit,
+draw the Part-B orders; then (``lay_out``) lay everything out with ``infill.layout_rows``. All
 randomness is keyed by (seed, sample id) (``rng``), so a row is the same whatever batch, rank, worker
 or resume it is built in.
 """
@@ -17,11 +18,12 @@ import numpy as np
 
 from pretrain.objectives import rng
 from pretrain.objectives.boundaries import TokenTables
-from pretrain.objectives.config import ObjectiveConfig
+from pretrain.objectives.config import ObjectiveConfig, prolongs_gmask_blocks
 from pretrain.objectives.infill import Spans, layout_rows
 from pretrain.objectives.packing import TextSample, growth, order_part_b, overflow_keep, raw_length, segments
 from pretrain.objectives.spans import Documents
 from pretrain.objectives.strategies import STRATEGIES, Context
+from pretrain.objectives.strategies.base import gmask_spans
 from pretrain.tokens import SpecialTokens
 
 INSTRUCTION = "instruction"  # the strategy name of instruction documents' segments
@@ -46,6 +48,7 @@ class GLMCollator:
                  global_batch_size: int, sentence_end_ids: np.ndarray | None = None,
                  vocab_size: int | None = None, token_tables: TokenTables | None = None):
         cfg.validate()
+        self.prolong = prolongs_gmask_blocks(cfg.gmask_positions)
         special.validate(vocab_size)
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size={global_batch_size} must be >= 1")
@@ -92,6 +95,8 @@ class GLMCollator:
         if prompt is not None:
             doc_strategy[prompt > 0] = len(self.strategies)
         spans = self._draw_spans(docs, doc_strategy, prompt)
+        if not self.prolong:
+            spans.prolong = None  # every [gMASK] block at its mask's position, as GLM
 
         span_doc = docs.doc_of(spans.start)
         # Contract 2: a span that runs to the end of a piece cut from a longer document (no eos) must
@@ -167,7 +172,7 @@ class GLMCollator:
             # The response of an instruction document: one [gMASK] span, as a document suffix (contract 2).
             has = prompt > 0
             start = docs.start[has] + prompt[has]
-            parts.append(Spans(start, docs.end[has], np.full(len(start), self.special.gmask)))
+            parts.append(gmask_spans(start, docs.end[has], self.special.gmask))
         merged = Spans.concat(parts, self.special.sop)
         return merged.take(np.lexsort((merged.end > merged.start, merged.start)))
 

@@ -34,6 +34,12 @@ class ObjectiveSwitches:
     shuffle_order: bool = True
     # Block positions 1..len+1 inside each Part-B block (GLM), or all 1 (ablation).
     block_positions: bool = True
+    # First positions of a [gMASK] block (document suffix or infill, causal, prefix_lm, UL2's S, FIM's
+    # plain documents, instruction responses): "mask": every token at its [gMASK]'s position (GLM's
+    # 2-D scheme); "continue": they prolong the text, sop at the [gMASK]'s position + 1, then + 2, ...
+    # (GLM-130B with 1-D RoPE); "auto": continue for a model with rope_1d positions, else mask. Other
+    # blocks stay at their mask. Set auto for rope_1d models; the default keeps older runs as trained.
+    gmask_positions: Literal["auto", "mask", "continue"] = "mask"
     # "packed": each document is its own segment (no cross-document attention); "legacy": the whole
     # row is one GLM sample (one segment, as the original GLM).
     layout: Literal["packed", "legacy"] = "packed"
@@ -78,6 +84,24 @@ class ObjectiveSwitches:
                 self.section(name).validate()
             except ValueError as err:
                 raise ValueError(f"{name}.{err}") from None
+
+
+def resolve_gmask_positions(cfg: ObjectiveSwitches, position_encoding: str) -> ObjectiveSwitches:
+    """``cfg`` with gmask_positions "auto" made "continue" for a model with 1-D positions
+    (``position_encoding`` "rope_1d": nothing else tells the tokens of a [gMASK] block apart) and
+    "mask" otherwise; any other value unchanged. Called wherever an objective meets its model's config."""
+    if cfg.gmask_positions != "auto":
+        return cfg
+    return dataclasses.replace(cfg, gmask_positions="continue" if position_encoding == "rope_1d" else "mask")
+
+
+def prolongs_gmask_blocks(gmask_positions: str) -> bool:
+    """Whether [gMASK] blocks prolong the text's positions ("continue") or stay at the mask's ("mask");
+    an unresolved "auto" is refused: only the model's position encoding decides it."""
+    if gmask_positions not in ("mask", "continue"):
+        raise ValueError(f"objective.gmask_positions={gmask_positions!r} must be resolved to 'mask' or 'continue' "
+                         f"with the model's position encoding first (objectives.resolve_gmask_positions)")
+    return gmask_positions == "continue"
 
 
 ObjectiveConfig = dataclasses.make_dataclass(

@@ -3,15 +3,18 @@
 A segment is one GLM sample: its text with each span replaced by one mask token (Part A), then its
 spans' texts in Part-B order, each opened by an opener (sop) and predicted with its targets shifted by
 one; a block ends with a target eop. Part-A tokens keep their index in Part A as first position; a
-span's Part-B tokens take the index of its mask token and block positions 1..len+1. ``layout_rows``
+span's Part-B tokens take the index of its mask token and block positions 1..len+1 (GLM's 2-D
+positions); a span that ``prolong``s the text takes first positions mask + 1, mask + 2, ... instead,
+continuing the text after its mask token (GLM-130B's [gMASK] under 1-D positions). ``layout_rows``
 lays out any number of segments into fixed-length rows in one vectorised pass; ``build_sample`` is the
 single-segment view of the same code. Nothing else builds layouts.
 
 Per span, strategies other than GLM's may set: the opener (T5's sentinel, FIM's <|fim_suffix|>), that
 a span continues the previous one's block instead of closing its own with eop (T5's one block of
 ``sentinel_k span_k ...``), or that it stays in Part A (``inline``: MLM's replaced token, predicted in
-place; an empty inline span inserts a marker, UL2's mode token). tests/test_objective_layout.py holds
-a plain loop-based reference of this function and checks the two agree on random inputs.
+place; an empty inline span inserts a marker, UL2's mode token), or that its block prolongs the text
+(``prolong``). tests/test_objective_layout.py holds a plain loop-based reference of this function and
+checks the two agree on random inputs.
 """
 from __future__ import annotations
 
@@ -43,6 +46,10 @@ class Spans:
                                        # of the last span with chain 0 before it (None: one block per span)
     inline: np.ndarray | None = None   # [K] bool: no Part B; length 1: the mask token replaces the token and
                                        # is trained to predict it (MLM); length 0: an inserted marker, no loss
+    prolong: np.ndarray | None = None  # [K] bool: the block's first positions continue the text after its
+                                       # mask token (mask + 1, + 2, ...) instead of all being the mask's
+                                       # (None: none); strategies set it on [gMASK]-role spans, the collator
+                                       # keeps it under objective.gmask_positions=continue
     # Set by the collator from chain and its Part-B order; read by layout_rows.
     rank: np.ndarray | None = None     # [K] slot in its segment's Part B, a permutation (inline spans last);
                                        # None: left to right
@@ -61,9 +68,10 @@ class Spans:
     @staticmethod
     def concat(parts: list["Spans"], sop_id: int) -> "Spans":
         """The spans of ``parts`` one after the other; an optional field set in one part gets its
-        default (opener sop, chain 0, not inline, closes, eop trained) in the others."""
+        default (opener sop, chain 0, not inline, no prolong, closes, eop trained) in the others."""
         defaults = {"opener": lambda n: np.full(n, sop_id), "chain": lambda n: np.zeros(n, dtype=np.int64),
-                    "inline": lambda n: np.zeros(n, dtype=bool), "closes": lambda n: np.ones(n, dtype=bool),
+                    "inline": lambda n: np.zeros(n, dtype=bool), "prolong": lambda n: np.zeros(n, dtype=bool),
+                    "closes": lambda n: np.ones(n, dtype=bool),
                     "eop_loss": lambda n: np.ones(n, dtype=bool)}
         merged = {}
         for f in fields(Spans):
@@ -169,6 +177,15 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     for runs in (open_run, text_run):
         run_pos[runs], run_seg[runs], run_block[runs] = mask_pos, seg_in_row[span_seg], block
     run_kind[pad_run], run_seg[pad_run] = 2, -1
+    # Runs whose first positions count up with the flat index: Part A, and the Part-B runs of a span
+    # that prolongs the text (mask + 1 at its opener, whatever block_positions says).
+    run_counts = None                                         # None: Part A only
+    if spans.prolong is not None and spans.prolong.any():
+        prolong = spans.prolong
+        run_counts = run_kind == 0
+        first = (mask_pos + 1 - run_out[open_run])[prolong]
+        for runs in (open_run[prolong], text_run[prolong]):
+            run_pos[runs], run_counts[runs] = first, True
 
     # Full-size arrays are filled in place where possible: at large batches fresh temporaries
     # cost page faults, not just arithmetic.
@@ -181,7 +198,8 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     kind = run_kind.repeat(run_len)
     part_a, part_b = kind == 0, kind == 1
     position_ids = run_pos.repeat(run_len)
-    np.add(position_ids, flat, out=position_ids, where=part_a)
+    counts_up = part_a if run_counts is None else run_counts.repeat(run_len)
+    np.add(position_ids, flat, out=position_ids, where=counts_up)
     block_position_ids = run_block.repeat(run_len)
     if block_positions:
         np.add(block_position_ids, flat, out=block_position_ids, where=part_b)
@@ -213,9 +231,10 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
 
 
 def build_sample(tokens, spans, order, mask_id: int, sop_id: int, eop_id: int,
-                 block_positions: bool = True) -> InfillSample:
+                 block_positions: bool = True, prolong=None) -> InfillSample:
     """docs/contracts.md §1: lay out one text with half-open ``spans`` (sorted by start, non-overlapping) and
-    ``order[k]`` = index of the span written k-th in Part B."""
+    ``order[k]`` = index of the span written k-th in Part B; ``prolong[k]``: span k's block positions
+    continue after its mask token (docs/contracts.md §2, GLM-130B's [gMASK]; default: none)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.ndim != 1 or len(tokens) == 0:
         raise ValueError(f"tokens must be a non-empty 1-D int array, got shape {tokens.shape}")
@@ -227,11 +246,16 @@ def build_sample(tokens, spans, order, mask_id: int, sop_id: int, eop_id: int,
     specials = {"mask_id": mask_id, "sop_id": sop_id, "eop_id": eop_id}
     if len(set(specials.values())) != 3:
         raise ValueError(f"special ids must be distinct, got {specials}")
+    if prolong is not None:
+        prolong = np.asarray(prolong, dtype=bool).reshape(-1)
+        if len(prolong) != len(span_arr):
+            raise ValueError(f"prolong has {len(prolong)} entries for {len(span_arr)} spans; give one per span")
     rank = np.empty(len(order_arr), dtype=np.int64)
     rank[order_arr] = np.arange(len(order_arr))
     seq_len = len(tokens) + 2 * len(span_arr)
     rows = layout_rows(tokens, np.array([len(tokens)]), np.zeros(1, dtype=np.int64), 1, seq_len,
-                       Spans(span_arr[:, 0], span_arr[:, 1], np.full(len(span_arr), mask_id), rank=rank),
+                       Spans(span_arr[:, 0], span_arr[:, 1], np.full(len(span_arr), mask_id), rank=rank,
+                             prolong=prolong),
                        pad_id=0, sop_id=sop_id, eop_id=eop_id, block_positions=block_positions)
     return InfillSample(
         input_ids=rows["input_ids"][0], target_ids=rows["target_ids"][0],

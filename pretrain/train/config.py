@@ -17,7 +17,7 @@ from pretrain.parallel.config import ParallelConfig
 @dataclasses.dataclass
 class TrainConfig:
     max_steps: int = 100  # optimizer steps of the run
-    seed: int = 0  # model init, data order and masks
+    seed: int = 0  # model init, data order and training masks (eval.seed keys the held-out ones)
     global_batch_size: int = 8  # rows per optimizer step, over all data-parallel ranks
     micro_batch_size: int = 8  # rows per forward/backward on one rank
     seq_len: int = 128  # tokens per row (Part A + Part B, padding included)
@@ -86,7 +86,7 @@ class RunConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    interval: int = 0  # evaluate held-out loss every N steps (0: never)
+    interval: int = 0  # evaluate held-out loss every N steps and at the last one (0: never)
     batches: int = 2  # global batches (global_batch_size held-out samples each) per evaluation
     # ObjectiveConfig fields to evaluate under instead of the training objective (null: the training
     # one). Fixed across runs, it scores them on the same held-out windows and masks (ablations).
@@ -95,6 +95,9 @@ class EvalConfig:
     # held-out documents, per language (pretrain/train/downstream.py: eval/cloze_acc, eval/infill_ppl, ...).
     downstream: bool = False
     downstream_documents: int | None = None  # held-out documents per language it reads (null: all of them)
+    # Seed of the held-out masks (eval objective, downstream infill spans), apart from train.seed so that
+    # runs of every training seed are scored on the same masks (ablate --seeds).
+    seed: int = 0
 
     def validate(self) -> None:
         if self.interval < 0 or self.batches < 1:

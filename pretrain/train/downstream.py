@@ -6,7 +6,7 @@ besides loss, on the held-out documents (``data.eval_documents`` per language), 
     eval/cloze_causal_acc, eval/cloze_causal_ppl  the same word as the start of a [gMASK] continuation
                                                   (Part A is the context only: the causal view)
     eval/infill_acc, eval/infill_ppl              [MASK] spans drawn by the token strategy (eval
-                                                  objective's token section: mask_ratio, span lengths; train.seed),
+                                                  objective's token section: mask_ratio, span lengths; eval.seed),
                                                   every token of the spans (not the closing eop)
 
 Accuracy: cloze counts a passage when the model's greedy choice is right for every token of the word
@@ -15,10 +15,11 @@ scored tokens. Each key also comes per language (``eval/cloze_acc/de``); cloze n
 space-delimited last word (cloze.py), so Chinese and Japanese have none.
 
 The examples are built identically on every rank, laid out into rows of ``seq_len`` (encoded as the
-eval objective encodes: block positions or not), padded to a multiple of micro_batch_size × dp and
-split evenly: every rank runs the same forwards, each sums its examples' counts, and one all-reduce
-over the data-parallel group gives every rank the totals. TP ranks hold the same rows; vocab-sharded
-logits are handled by DTensor (loss_parallel cross entropy, argmax).
+eval objective encodes: block positions or not; [gMASK] blocks at the mask's position or prolonging
+the text, as objective.gmask_positions resolves for the model), padded to a multiple of
+micro_batch_size × dp and split evenly: every rank runs the same forwards, each sums its examples'
+counts, and one all-reduce over the data-parallel group gives every rank the totals. TP ranks hold
+the same rows; vocab-sharded logits are handled by DTensor (loss_parallel cross entropy, argmax).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from torch.distributed.tensor import DTensor
 from pretrain.data.index import split_documents
 from pretrain.generate.cloze import cloze_example
 from pretrain.generate.scoring import Scored, example_counts, layout_scored
-from pretrain.objectives import STRATEGIES, raw_length
+from pretrain.objectives import STRATEGIES, raw_length, resolve_gmask_positions
 from pretrain.objectives.strategies.base import Context
 from pretrain.train.config import Config
 from pretrain.train.loss import loss_context, token_cross_entropy
@@ -72,7 +73,7 @@ def build_examples(cfg: Config, source) -> tuple[list[Scored], list[tuple[str, s
                 labels += [("cloze", lang), ("cloze_causal", lang)]
             framed = np.concatenate([[special.cls], doc, [special.eos]])[:window]
             if len(framed) > 2:  # a maskable token besides cls and the last one
-                drawn = spans.spans_for(framed, cfg.train.seed, sample_id=len(labels))
+                drawn = spans.spans_for(framed, cfg.eval.seed, sample_id=len(labels))
                 examples.append(Scored(framed, np.array(drawn, dtype=np.int64).reshape(-1, 2), special.mask))
                 labels.append(("infill", lang))
     return examples, labels
@@ -85,8 +86,9 @@ def downstream_metrics(cfg: Config, s, model: nn.Module) -> dict[str, float]:
     if not examples:
         return {}
     micro = cfg.train.micro_batch_size
-    batch = layout_scored(examples, cfg.train.seq_len, s.data.special, cfg.eval_objective().block_positions,
-                          rows_multiple=micro * s.dims.dp)
+    objective = resolve_gmask_positions(cfg.eval_objective(), s.model_cfg.position_encoding)
+    batch = layout_scored(examples, cfg.train.seq_len, s.data.special, objective.block_positions,
+                          rows_multiple=micro * s.dims.dp, gmask_positions=objective.gmask_positions)
     per_rank = len(batch["input_ids"]) // s.dims.dp
     first = dist.get_rank(s.dp_group) * per_rank
     counts = torch.zeros(len(examples), 3, dtype=torch.float64, device=s.device)

@@ -146,7 +146,8 @@ class Trainer:
         try:
             while self.step < cfg.train.max_steps:
                 record = self.train_step(batches)
-                if cfg.eval.interval and self.step % cfg.eval.interval == 0:
+                # at the last step too, so that runs (ablations) compare their final models
+                if cfg.eval.interval and (self.step % cfg.eval.interval == 0 or self.step == cfg.train.max_steps):
                     record.update(self.evaluate())
                 record["eta_s"] = eta(self.step)
                 if self.step % cfg.metrics.log_interval == 0 or "eval/loss" in record:

@@ -110,7 +110,7 @@ def build_setup(cfg: Config, preflight: Callable[[], None] | None = None) -> Set
     """``preflight``: checks that need the process group and come before the data and the model."""
     from pretrain.data.loader import build_loader, glm_collator, open_data
     from pretrain.model.glm import GLMModel
-    from pretrain.objectives import declared_special_tokens, raw_length
+    from pretrain.objectives import declared_special_tokens, raw_length, resolve_gmask_positions
 
     dims = validate_topology(cfg, world_size_from_env())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -128,18 +128,23 @@ def build_setup(cfg: Config, preflight: Callable[[], None] | None = None) -> Set
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
-    def loader(split: str, objective):
+    def loader(split: str, objective, seed: int):
         """(collator, loader): the objective fixes both the masks and the raw window length."""
-        collator = glm_collator(source, objective, seq_len=train.seq_len, seed=train.seed,
+        collator = glm_collator(source, objective, seq_len=train.seq_len, seed=seed,
                                 global_batch_size=train.global_batch_size)
         return collator, build_loader(cfg.data, collator, seq_len=train.seq_len,
                                       raw_len=raw_length(objective, train.seq_len),
                                       global_batch_size=train.global_batch_size,
                                       micro_batch_size=train.micro_batch_size, dp_rank=dp_rank, dp_size=dims.dp,
-                                      seed=train.seed, split=split, source=source)
+                                      seed=seed, split=split, source=source)
 
-    collator, train_loader = loader("train", cfg.objective)
-    eval_collator, eval_loader = loader("valid", cfg.eval_objective()) if cfg.eval.interval else (collator, None)
+    # objective.gmask_positions=auto follows the model's position encoding (the vocabulary does not change it)
+    position_encoding = cfg.model.resolve(vocab_size=source.vocab_size).position_encoding
+    objective = resolve_gmask_positions(cfg.objective, position_encoding)
+    eval_objective = resolve_gmask_positions(cfg.eval_objective(), position_encoding)
+    collator, train_loader = loader("train", objective, train.seed)
+    eval_collator, eval_loader = loader("valid", eval_objective, cfg.eval.seed) if cfg.eval.interval \
+        else (collator, None)
 
     model_cfg = cfg.model.resolve(vocab_size=train_loader.vocab_size)
     if model_cfg.vocab_size < train_loader.vocab_size:

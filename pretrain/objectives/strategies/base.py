@@ -5,7 +5,7 @@ its typed sub-config (``Config``, a dataclass with a ``validate()``; YAML ``obje
 random streams (``self.stream(purpose)``: ids derived from its name), the special tokens it needs
 beyond the core roles (``special_tokens``, ``{role: token string}``, found or added by role), how much
 room Part B needs per row (``room``), and ``spans(docs)``: the spans of a batch of documents, with a
-mask id per span (``infill.Spans``). Nothing else in the code base names strategies; adding one is a
+mask id per span (``infill.Spans``; [gMASK]-role spans through ``gmask_spans``). Nothing else in the code base names strategies; adding one is a
 file here, a YAML and its tests.
 """
 from __future__ import annotations
@@ -95,6 +95,13 @@ class Strategy:
     def sentinel_ids(self) -> np.ndarray:
         """Ids of <extra_id_0> ... in order (the strategy must declare SENTINELS)."""
         return np.array([self.special[role] for role in SENTINELS], dtype=np.int64)
+
+
+def gmask_spans(start: np.ndarray, end: np.ndarray, gmask_id: int) -> Spans:
+    """[gMASK]-role spans (generation of long text: a suffix, a long infill, a response): one [gMASK]
+    each in Part A, their blocks marked to prolong the text's positions (kept under
+    objective.gmask_positions=continue, GLM-130B's 1-D scheme; dropped by the collator under mask)."""
+    return Spans(start, end, np.full(len(start), gmask_id), prolong=np.ones(len(start), dtype=bool))
 
 
 def index_in_document(docs: Documents, span_doc: np.ndarray) -> np.ndarray:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from pretrain.objectives.infill import Spans
-from pretrain.objectives.strategies.base import DocumentRoom, Strategy, register
+from pretrain.objectives.strategies.base import DocumentRoom, Strategy, gmask_spans, register
 
 
 @dataclass
@@ -29,4 +26,4 @@ class CausalStrategy(Strategy):
     def spans(self, docs):
         ok = docs.maskable >= 1
         start, end = docs.lo[ok], docs.end[ok]
-        return Spans(start, end, np.full(len(start), self.special.gmask)), 0
+        return gmask_spans(start, end, self.special.gmask), 0

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pretrain.objectives import rng
-from pretrain.objectives.infill import Spans
 from pretrain.objectives.spans import snap
-from pretrain.objectives.strategies.base import DocumentRoom, Strategy, check_fraction, register
+from pretrain.objectives.strategies.base import DocumentRoom, Strategy, check_fraction, gmask_spans, register
 
 
 @dataclass
@@ -51,4 +50,4 @@ class DocumentStrategy(Strategy):
         suffix = (u[:, 1] < self.cfg.suffix_prob) | (g == n)
         start = np.where(suffix, end - g, lo + (u[:, 2] * np.maximum(n - g, 1)).astype(np.int64))
         start, end = snap(docs, start, start + g, self.stream("snap"))
-        return Spans(start, end, np.full(len(start), self.special.gmask)), 0
+        return gmask_spans(start, end, self.special.gmask), 0

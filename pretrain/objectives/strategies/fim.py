@@ -84,4 +84,5 @@ class FIMStrategy(Strategy):
         # Empty pieces come first at a shared start (SPM's <PRE>, an empty PSM prefix).
         order = np.lexsort((stop - start > 0, start))
         start, stop, sentinel, opener, place = (c[order] for c in (start, stop, sentinel, opener, place))
-        return Spans(start, stop, sentinel, opener=opener, chain=place)
+        # A plain document is a [gMASK]-role span, as in causal (strategies.base.gmask_spans).
+        return Spans(start, stop, sentinel, opener=opener, chain=place, prolong=sentinel == gmask)

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pretrain.objectives import rng
-from pretrain.objectives.infill import Spans
 from pretrain.objectives.spans import Documents, pick_boundaries
-from pretrain.objectives.strategies.base import DocumentRoom, Strategy, register
+from pretrain.objectives.strategies.base import DocumentRoom, Strategy, gmask_spans, register
 
 
 @dataclass
@@ -39,4 +38,4 @@ class PrefixLMStrategy(Strategy):
 
     def spans(self, docs):
         start, end = prefix_split(docs, self.stream("split"))
-        return Spans(start, end, np.full(len(start), self.special.gmask)), 0
+        return gmask_spans(start, end, self.special.gmask), 0

@@ -22,7 +22,7 @@ from pretrain.objectives import rng
 from pretrain.objectives.infill import Spans
 from pretrain.objectives.spans import snap
 from pretrain.objectives.strategies.base import (SENTINELS, DocumentRoom, Strategy, check_fraction,
-                                                 register)
+                                                 gmask_spans, register)
 from pretrain.objectives.strategies.prefix_lm import prefix_split
 from pretrain.objectives.strategies.t5 import corruption_room, sentinel_spans, span_corruption
 
@@ -105,7 +105,7 @@ class UL2Strategy(Strategy):
                 spans = sentinel_spans(chosen, *snap(chosen, start, end, self.stream(f"{name}/snap")), self.sentinels)
             else:
                 start, end = prefix_split(chosen, self.stream(f"{name}/split"))
-                spans = Spans(start, end, np.full(len(start), self.special.gmask))
+                spans = gmask_spans(start, end, self.special.gmask)
             mode = Spans(chosen.start, chosen.start, np.full(len(chosen.start), self.modes[index]),
                          inline=np.ones(len(chosen.start), dtype=bool))
             parts += [mode, spans]
