@@ -60,7 +60,7 @@ LAYOUTS = {
     "param_dp2": (2, "param", ["train.micro_batch_size=1"]),
     "param_dp2_grad_op_one_microbatch": (2, "param", ["parallel.fsdp=grad_op"]),
     "glm4_tp2_ac": (2, "glm4", ["parallel.tp=2", "train.activation_checkpointing=true"]),
-    # --- pipeline and context parallelism: add layouts here once the pp/cp branch is merged, e.g.
+    # --- pipeline and context parallelism (landed; not yet measured against the model), e.g.
     # "act_pp2": (2, "act", ["parallel.tp=1", "parallel.pp=2", "parallel.pp_schedule=1f1b"]),
     # "act_pp2_interleaved": (2, "act", ["parallel.tp=1", "parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
     #                                     "parallel.pp_virtual_stages=2", "train.micro_batch_size=2"]),

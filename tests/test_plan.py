@@ -26,7 +26,7 @@ MEMORY_TOLERANCE = 0.15
 # The layouts the tests measure, in one two-process launch: TP, FSDP full and grad_op, activation
 # checkpointing off and on, activation- and parameter-dominated (bench/plan_check.py LAYOUTS has the
 # one-process ones too; docs/benchmarks.md the full table). Add the pipeline / context-parallel layouts
-# here once the pp/cp branch is merged (listed, commented, in bench/plan_check.py): e.g. "act_pp2",
+# here once measured (listed, commented, in bench/plan_check.py; pp and cp have landed): e.g. "act_pp2",
 # "act_pp2_interleaved", "act_cp2".
 MEASURED = {2: ["act_tp2", "act_dp2", "act_dp2_grad_op_ac", "param_dp2"]}
 
