@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)  # every benchmark; results and how to read them: docs/benchmarks.md
-	for name in collator data attention train_step generate; do $(PY) -m pretrain bench $$name || exit 1; done
+	for name in collator data attention train_step generate loss plan_check; do $(PY) -m pretrain bench $$name || exit 1; done
 
 # Runs in the environment the GPU install went into (GPU_PYTHON), not in the CPU .venv; without a
 # GPU it is the reduced CPU dry run that the test suite also runs.

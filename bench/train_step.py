@@ -34,7 +34,7 @@ from pretrain.model.attention import visible_pairs
 from pretrain.model.export import hf_config, hf_state_dict
 from pretrain.tokens import SpecialTokens
 from pretrain.model.flops import batch_flops
-from pretrain.train.loss import token_cross_entropy
+from pretrain.train.loss import CrossEntropyHead
 from pretrain.train.metrics import peak_tflops
 from pretrain.train.setup import resolve_dtype
 
@@ -96,9 +96,9 @@ class Contender:
     def loss(self, batch: dict) -> torch.Tensor:
         if self.name == "hf":  # transformers shifts labels itself: give it the unshifted ids
             return self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
-        logits = self.model(*(batch[k] for k in _INPUTS))
-        ce = token_cross_entropy(logits, batch["target_ids"])
-        return (ce * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
+        head = CrossEntropyHead(batch["target_ids"], batch["loss_mask"], batch["loss_mask"].sum().item())
+        loss, _ = self.model(*(batch[k] for k in _INPUTS), output_head=head)  # the trainer's chunked loss
+        return loss
 
     def step(self, i: int, timed: bool) -> None:
         batch = self.batches[i % len(self.batches)]

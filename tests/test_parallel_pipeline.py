@@ -91,6 +91,7 @@ def test_invalid_pipeline_and_context_layouts_are_rejected(world, overrides, mes
      "cp=2: the deepspeed engine has no context parallelism here; use parallel.engine=torch"),
     (["parallel.pp_virtual_stages=2"], "pp_virtual_stages=2 needs pp_schedule=interleaved_1f1b"),
     (["parallel.pp=2", "parallel.pp_layers_per_stage=[1]"], "must hold pp x pp_virtual_stages = 2 counts"),
+    (["parallel.pp=2", "parallel.reduce_every_microbatch=true"], "reduce_every_microbatch with pp > 1"),
 ])
 def test_bad_parallel_sections_fail_at_load(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -129,10 +129,13 @@ def test_no_checkpoint_inside_a_nonfinite_streak(trainer_factory, tmp_path, monk
     from pretrain.train import loop
     trainer = trainer_factory(tmp_path)
     batches = iter(trainer.s.loader)
-    finite = loop.token_cross_entropy
+    finite = loop.CrossEntropyHead
+
+    def nan_loss(*args):  # a NaN in the head's input: loss, CE and gradients all NaN
+        head = finite(*args)
+        return lambda hidden, weight: head(hidden * float("nan"), weight)
     for step, poisoned in ((1, False), (2, True), (3, False)):
-        monkeypatch.setattr(loop, "token_cross_entropy",
-                            (lambda logits, targets: finite(logits, targets) * float("nan")) if poisoned else finite)
+        monkeypatch.setattr(loop, "CrossEntropyHead", nan_loss if poisoned else finite)
         trainer.train_step(batches)
         trainer.save(wait=True)
     saved = [checkpoint.step_of(p) for p in checkpoint.complete_checkpoints(tmp_path / "checkpoints")]

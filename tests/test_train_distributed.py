@@ -97,6 +97,9 @@ LAYOUTS = {
     # 4 processes; sequence parallel and activation checkpointing ride along (same numbers expected)
     "tp2xdp2_sp_ac": (4, ["parallel.tp=2", "train.micro_batch_size=2", "parallel.sequence_parallel=true",
                           "train.activation_checkpointing=true"]),
+    # two micro-batches per rank, each reduce-scattered into the sharded gradients
+    "dp2_reduce_every_microbatch": (2, ["parallel.tp=1", "train.micro_batch_size=2",
+                                        "parallel.reduce_every_microbatch=true"]),
     # DeepSpeed: ZeRO-2 over 2 data-parallel ranks; AutoTP over 2 ranks with ZeRO-1
     "deepspeed_dp2_zero2": (2, ["parallel.engine=deepspeed", "parallel.tp=1", "parallel.zero_stage=2"]),
 }

@@ -16,7 +16,7 @@ from pretrain.config import ConfigError
 from pretrain.train.config import TrainConfig, load_config
 from pretrain.parallel.tp import tp_plan
 from pretrain.train import checkpoint
-from pretrain.train.loss import StrategyLosses, token_cross_entropy
+from pretrain.train.loss import CrossEntropyHead, StrategyLosses, token_cross_entropy
 from pretrain.train.metrics import console_line, peak_tflops
 from pretrain.parallel.clip import clip_grad_norm_
 from pretrain.train.optim import build_optimizer, lr_factor
@@ -161,8 +161,10 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(trainer_factory, tmp_path
     first = trainer.train_step(batches)
     assert math.isfinite(first["loss"]) and first["mfu"] == pytest.approx(first["tflops"] / 0.5)
     before = [p.detach().clone() for p in trainer.engine.model.parameters()]
-    poisoned = lambda logits, targets: token_cross_entropy(logits, targets) * float("nan")
-    monkeypatch.setattr(loop, "token_cross_entropy", poisoned)
+    def poisoned(*args):  # a NaN in the head's input: loss, CE and gradients all NaN
+        head = CrossEntropyHead(*args)
+        return lambda hidden, weight: head(hidden * float("nan"), weight)
+    monkeypatch.setattr(loop, "CrossEntropyHead", poisoned)
     record = trainer.train_step(batches)
     assert math.isnan(record["loss"]) and record["nonfinite_skipped"] == 1 and trainer.step == 2
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.engine.model.parameters()))  # no update
@@ -179,7 +181,8 @@ def test_keep_last_k_checkpoints(trainer_factory, tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_run_configs_load(path):
     cfg = load_config(path)
-    validate_topology(cfg, world_size=cfg.parallel.tp * 2)
+    model_ranks = cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp
+    validate_topology(cfg, world_size=model_ranks * 2)
 
 
 def test_checkpoint_from_another_engine_is_refused_with_a_fix(trainer_factory, tmp_path):

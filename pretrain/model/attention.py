@@ -8,7 +8,10 @@ A backend object is built once per batch from (segment_ids, part_a) and then cal
            on CPU torch 2.13 has no Flex backward.
     sdpa   per segment: Part-A queries over Part-A keys unmasked, Part-B queries over the segment
            lower-right causal (nothing S×S is built, no masked pair computed); trains anywhere.
-           Needs Part A before Part B in each segment, which is the collator's layout.
+           Needs Part A before Part B in each segment, which is the collator's layout. On CUDA in
+           bf16/fp16 the same pieces go to two variable-length flash calls per layer for the whole batch
+           (all Part-A pieces in one, all Part-B pieces in the other: ``VarlenSDPAAttention``) instead of
+           ~6 kernels per segment and row (without attention dropout: the varlen kernel has none).
     dense  an explicit [B, S, S] boolean mask; the reference for tests only.
 Inputs are q [B, Hq, S, D], k and v [B, Hkv, S, D]; head counts come from the shapes (TP shards them).
 ``dropout_p`` drops attention probabilities (GLM-1 trained with 0.1; the model passes it in training mode
@@ -73,6 +76,8 @@ def build_attention(backend: str, segment_ids: torch.Tensor, part_a: torch.Tenso
     if backend == "dense":
         return DenseAttention(segment_ids, part_a, dropout_p)
     if backend == "sdpa":
+        if segment_ids.device.type == "cuda" and not dropout_p:  # the varlen flash kernel has no dropout
+            return VarlenSDPAAttention(segment_ids, part_a)
         return SegmentSDPAAttention(segment_ids, part_a, dropout_p)
     if backend == "flex":
         if dropout_p:
@@ -162,6 +167,80 @@ class SegmentSDPAAttention:
                                                           self.dropout_p))
             rows.append(torch.cat(pieces, dim=2))
         return torch.cat(rows, dim=0)
+
+
+class VarlenSDPAAttention(SegmentSDPAAttention):
+    """The per-segment pieces as two variable-length attention calls for the whole batch (cu_seqlens):
+    all Part-A pieces (each bidirectional over itself) in one, all Part-B pieces (queries = the piece,
+    keys = its whole segment, causal aligned lower-right) in the other; padding outputs its own value.
+    Token indices are built once per batch on the host; every layer then runs two kernels plus a few
+    gathers. ``kernel`` defaults to torch.nn.attention.varlen (flash: CUDA, bf16/fp16); other inputs
+    take the per-segment path, whose layout this class already holds."""
+
+    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor, kernel=None):
+        super().__init__(segment_ids, part_a)
+        self.kernel = kernel or flash_varlen_attention
+        pieces = {"a": [], "b_query": [], "b_key": [], "pad": []}  # (start, end) in flattened [B·S] positions
+        seq_len = segment_ids.shape[1]
+        for row, runs in enumerate(self.layout):
+            for run in runs:
+                start, split, end = (row * seq_len + i for i in (run.start, run.split, run.end))
+                if run.padding:
+                    pieces["pad"].append((start, end))
+                    continue
+                if split > start:
+                    pieces["a"].append((start, split))
+                if end > split:
+                    pieces["b_query"].append((split, end))
+                    pieces["b_key"].append((start, end))
+        device = segment_ids.device
+        self.index = {name: _positions(spans, device) for name, spans in pieces.items()}
+        self.cu_seqlens = {name: _cu_seqlens(spans, device) for name, spans in pieces.items() if name != "pad"}
+        self.max_len = {name: max((end - start for start, end in spans), default=0) for name, spans in pieces.items()}
+        # outputs are produced in the order (Part A, Part B, padding); this permutation puts them back
+        order = torch.cat([self.index["a"], self.index["b_query"], self.index["pad"]])
+        self.inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=device))
+
+    @torch.compiler.disable  # the index tensors change with every batch (see SegmentSDPAAttention)
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.kernel is flash_varlen_attention and not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
+            return super().__call__(q, k, v)
+        batch, q_heads, seq_len, head_dim = q.shape
+        # [B, H, S, D] -> tokens [B·S, H, D], the varlen layout
+        q, k, v = (t.transpose(1, 2).reshape(batch * seq_len, t.shape[1], head_dim) for t in (q, k, v))
+        parts = []
+        if self.index["a"].numel():
+            a = self.index["a"]
+            parts.append(self.kernel(q[a], k[a], v[a], self.cu_seqlens["a"], self.cu_seqlens["a"],
+                                     self.max_len["a"], self.max_len["a"], causal=False))
+        if self.index["b_query"].numel():
+            b_query, b_key = self.index["b_query"], self.index["b_key"]
+            parts.append(self.kernel(q[b_query], k[b_key], v[b_key], self.cu_seqlens["b_query"],
+                                     self.cu_seqlens["b_key"], self.max_len["b_query"], self.max_len["b_key"],
+                                     causal=True))
+        if self.index["pad"].numel():  # a padding token attends only to itself
+            parts.append(v[self.index["pad"]].repeat_interleave(q_heads // v.shape[1], dim=1))
+        out = torch.cat(parts)[self.inverse]  # [B·S, Hq, D] in token order
+        return out.view(batch, seq_len, q_heads, head_dim).transpose(1, 2)
+
+
+def flash_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                           cu_seqlens_k: torch.Tensor, max_q: int, max_k: int, causal: bool) -> torch.Tensor:
+    """q [Tq, Hq, D], k/v [Tk, Hkv, D] packed pieces; ``causal`` is flash's lower-right alignment
+    (query i of a piece sees keys up to i + len_k − len_q). CUDA only (flash, bf16/fp16)."""
+    from torch.nn.attention.varlen import varlen_attn
+    return varlen_attn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, window_size=(-1, 0) if causal else (-1, -1),
+                       enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _positions(spans: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    flat = np.concatenate([np.arange(start, end) for start, end in spans]) if spans else np.zeros(0, np.int64)
+    return torch.from_numpy(flat).to(device)
+
+
+def _cu_seqlens(spans: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    lengths = [end - start for start, end in spans]
+    return torch.tensor(np.cumsum([0, *lengths]), dtype=torch.int32, device=device)
 
 
 def prefix_causal_attention(q: torch.Tensor, k_prefix: torch.Tensor, v_prefix: torch.Tensor,

@@ -4,7 +4,7 @@
     h = h·α + h.detach()·(1−α)                                                              (grad shrink)
     pre-LN:   h = h + Attn(LN1(h));              h = h + MLP(LN2(h))
     deepnorm: x = LN1(h); h = x·α + Attn(x);     x = LN2(h); h = x·α + MLP(x)     (α = √(2·layers))
-    logits = norm(h) @ (lm_head | embed_tokens).T   in float32
+    logits = norm(h) @ (lm_head | embed_tokens).T   in float32   (or output_head(norm(h), head weight))
 
 No parallelism here: the engines in pretrain/parallel shard q/k/v colwise and o rowwise from outside,
 so attention takes its local head count from tensor shapes. For pipeline parallelism the model is
@@ -147,10 +147,13 @@ class GLMModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, block_position_ids: torch.Tensor,
-                segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tensor:
+                segment_ids: torch.Tensor, part_a: torch.Tensor, output_head: Callable | None = None):
         """All inputs [B, S] (part_a bool); returns float32 logits [B, S, V]. On a later pipeline stage
         ``input_ids`` are the previous stage's hidden states [B, S, H] (with sequence parallelism the local
-        [B, S / tp, H]); a stage without the final norm returns hidden states."""
+        [B, S / tp, H]); a stage without the final norm returns hidden states. ``output_head(hidden [B, S, H],
+        head weight [V, H])`` replaces the logits matmul when given (the trainer's chunked cross entropy: no
+        [B, S, V] logits); it runs inside forward, where engines that shard parameters have the head weight
+        gathered."""
         cfg = self.cfg
         inputs = dict(position_ids=position_ids, block_position_ids=block_position_ids, segment_ids=segment_ids,
                       part_a=part_a)
@@ -170,6 +173,8 @@ class GLMModel(nn.Module):
         if self.norm is None:
             return h
         head = self.lm_head.weight if self.lm_head is not None else self.embed_tokens.weight
+        if output_head is not None:
+            return output_head(self.norm(h), head)
         return F.linear(self.norm(h), head).float()
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor, block_position_ids: torch.Tensor):

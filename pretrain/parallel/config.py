@@ -15,6 +15,9 @@ class ParallelConfig:
     # FSDP2 over the data-parallel ranks: "full" reshards parameters after forward (ZeRO-3),
     # "grad_op" keeps them gathered until backward (ZeRO-2: more memory, fewer all-gathers).
     fsdp: typing.Literal["full", "grad_op"] = "full"  # torch engine
+    # torch engine, gradient accumulation: reduce-scatter gradients after every micro-batch instead of
+    # keeping unsharded fp32 gradients until the last one (less memory, one reduce-scatter per micro-batch)
+    reduce_every_microbatch: bool = False
     zero_stage: int = 1  # deepspeed engine: ZeRO stage 0-3 (0-2 with tp > 1: AutoTP composes with those)
     pp: int = 1  # pipeline-parallel size (torch engine): the layers are split over pp ranks
     # torch.distributed.pipelining's schedules; interleaved_1f1b runs pp_virtual_stages stages per rank.
@@ -43,6 +46,9 @@ class ParallelConfig:
             if self.sequence_parallel:
                 raise ValueError("sequence_parallel is a torch-engine feature; set parallel.engine=torch or "
                                  "sequence_parallel=false")
+            if self.reduce_every_microbatch:
+                raise ValueError("reduce_every_microbatch is a torch-engine (FSDP2) option; DeepSpeed ZeRO-2/3 "
+                                 "already reduce every micro-batch: set reduce_every_microbatch=false")
             for name in ("pp", "cp"):
                 if getattr(self, name) > 1:
                     raise ValueError(f"{name}={getattr(self, name)}: the deepspeed engine has no "
@@ -51,6 +57,9 @@ class ParallelConfig:
                                      f"parallel) or set {name}=1")
         if self.sequence_parallel and self.tp == 1:
             raise ValueError("sequence_parallel needs tp > 1; set parallel.tp or sequence_parallel=false")
+        if self.reduce_every_microbatch and self.pp > 1:
+            raise ValueError("reduce_every_microbatch with pp > 1: torch.distributed.pipelining's stages reduce "
+                             "gradients after the last micro-batch themselves; set reduce_every_microbatch=false")
         if self.pp_virtual_stages > 1 and self.pp_schedule != "interleaved_1f1b":
             raise ValueError(f"pp_virtual_stages={self.pp_virtual_stages} needs pp_schedule=interleaved_1f1b; "
                              f"{self.pp_schedule!r} runs one stage per rank")

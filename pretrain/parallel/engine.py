@@ -59,12 +59,16 @@ class TorchEngine:
     reshardable = True  # DCP loads any saved (pp, dp, cp, tp) layout into the current one
 
     def __init__(self, parts: list[nn.Module], optimizers: list[torch.optim.Optimizer],
-                 pipeline: "Pipeline | None" = None, pp_group: dist.ProcessGroup | None = None):
+                 pipeline: "Pipeline | None" = None, pp_group: dist.ProcessGroup | None = None,
+                 reduce_every_microbatch: bool = False):
         self.parts, self.optimizers, self.pipeline, self.pp_group = parts, optimizers, pipeline, pp_group
         self.model = parts[0] if pipeline is None else None  # under pp the loop runs ``pipeline`` instead
+        self.reduce_every_microbatch = reduce_every_microbatch
 
     def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
-        self.model.set_requires_gradient_sync(last_micro_batch)  # FSDP2 reduce-scatters once per step
+        # FSDP2 reduce-scatters once per step (unsharded gradients accumulate until then) unless asked to
+        # reduce every micro-batch into the sharded gradients
+        self.model.set_requires_gradient_sync(last_micro_batch or self.reduce_every_microbatch)
         loss.backward()
 
     def step(self, lr: float, max_norm: float, skip: bool) -> float:

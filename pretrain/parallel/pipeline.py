@@ -9,7 +9,9 @@ Each stage is then parallelized (TP, AC, compile, FSDP) like a whole model.
 Batch fields: the first stage takes input_ids positionally, every stage takes the positions, segments
 and part_a as keyword arguments (the schedule chunks them by rows and passes them to each stage: the
 mask and RoPE are needed everywhere), and the last stage's loss function receives each micro-batch's
-index as its target, from which the caller reads target_ids, loss_mask and strategy_ids.
+index as its target, from which the caller reads target_ids, loss_mask and strategy_ids. A model
+``output_head`` (the trainer's chunked loss) travels the same way, split by rows: the last stage returns
+what it returns instead of logits.
 
 Tied head (GLM-1, GLM-130B), Megatron's solution: the last stage keeps its own copy of embed_tokens
 (same FQN, same initial values) for the head, the first stage the embedding; after backward the two
@@ -23,6 +25,7 @@ import copy
 
 import torch
 import torch.distributed as dist
+import torch.utils._pytree as pytree
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage
@@ -131,21 +134,27 @@ class Pipeline:
     def _stage_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self._loss(logits, int(target[0]))
 
-    def run(self, micro: list[dict[str, torch.Tensor]], loss_fn, backward: bool) -> None:
+    def run(self, micro: list[dict[str, torch.Tensor]], loss_fn, backward: bool, heads: list | None = None) -> None:
         """Forward (and backward) of every micro-batch in ``micro``, ``microbatches`` per schedule run.
-        On the last stage ``loss_fn(logits, i)`` returns micro-batch i's scalar to backpropagate; the
-        schedule's first run also calls it once to infer shapes, so it must be idempotent per ``i``."""
+        On the last stage ``loss_fn(output, i)`` returns micro-batch i's scalar to backpropagate, where
+        ``output`` is the logits or, given ``heads`` (one model ``output_head`` per micro-batch: a pytree
+        whose tensors have the rows first, which the schedule splits like the batch), what micro-batch i's
+        head returned. The schedule's first run also calls it once to infer shapes, so it must be
+        idempotent per ``i``."""
         for part in self.parts:
             part.train(backward)
         run = self.schedule.step if backward else self.schedule.eval
         for start in range(0, len(micro), self.microbatches):
             group = micro[start:start + self.microbatches]
-            self._loss = lambda logits, i, start=start: loss_fn(logits, start + i)
+            self._loss = lambda output, i, start=start: loss_fn(output, start + i)
             inputs = {key: torch.cat([batch[key] for batch in group]) for key in ("input_ids", *MODEL_KWARGS)}
+            if heads is not None:
+                inputs["output_head"] = _concatenate(heads[start:start + self.microbatches])
             rows = group[0]["input_ids"].shape[0]
             target = torch.arange(len(group)).repeat_interleave(rows) if self.has_last else None
-            args = (inputs["input_ids"],) if self.has_first else ()
-            run(*args, target=target, return_outputs=False, **{key: inputs[key] for key in MODEL_KWARGS})
+            input_ids = inputs.pop("input_ids")
+            args = (input_ids,) if self.has_first else ()
+            run(*args, target=target, return_outputs=False, **inputs)
         self._loss = None
 
     @torch.no_grad()
@@ -158,6 +167,13 @@ class Pipeline:
         dist.all_reduce(total, group=self.embedding_group)
         for grad in grads:
             grad.copy_(total)
+
+
+def _concatenate(trees: list):
+    """One pytree of the same structure whose tensors are those of ``trees`` concatenated along rows."""
+    leaves, spec = zip(*(pytree.tree_flatten(tree) for tree in trees))
+    return pytree.tree_unflatten([torch.cat(column) if isinstance(column[0], torch.Tensor) else column[0]
+                                  for column in zip(*leaves)], spec[0])
 
 
 def _embedding_group(mesh: DeviceMesh) -> dist.ProcessGroup | None:

@@ -10,7 +10,6 @@ its share of every row; the per-strategy sums then add up over pp x dp x cp (``S
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -21,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
-from torch.distributed.tensor.parallel import loss_parallel
 from tqdm import tqdm
 
 from pretrain.config import ConfigError
@@ -31,7 +29,7 @@ from pretrain.parallel.context import shard_rows
 from pretrain.train import checkpoint
 from pretrain.train.downstream import downstream_metrics
 from pretrain.train.agreement import any_rank
-from pretrain.train.loss import StrategyLosses, loss_context, token_cross_entropy
+from pretrain.train.loss import CrossEntropyHead, StrategyLosses
 from pretrain.train.metrics import ETA, MetricsWriter, max_memory_gib, peak_tflops, print_line
 from pretrain.train.optim import lr_factor
 from pretrain.train.config import Config
@@ -183,7 +181,7 @@ class Trainer:
                                 visible_pairs(b["segment_ids"], b["part_a"]).sum()] for b in micro],
                               dtype=torch.float64).sum(0).to(s.device)
         dist.all_reduce(counts, group=s.dp_group)
-        denominator = counts[0].clamp(min=1).float()
+        denominator = counts[0].clamp(min=1).item()
         strategies = StrategyLosses(len(s.strategy_names), s.device)
         sources = StrategyLosses(len(s.loader.languages), s.device)  # the same sums per data source
         if self.engine.pipeline is not None:
@@ -191,11 +189,11 @@ class Trainer:
         else:
             for i, batch in enumerate(micro):
                 batch = self._local(batch)
-                logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
-                with loss_context(logits):
-                    weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]  # [B, S]
-                    self.engine.backward(weighted.sum() / denominator, last_micro_batch=i == len(micro) - 1)
-                _add_losses(weighted, batch, strategies, sources)
+                # The loss runs inside the model's forward, over chunks of tokens: no logits outlive it (loss.py)
+                loss, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS), output_head=CrossEntropyHead(
+                    batch["target_ids"], batch["loss_mask"], denominator))
+                self.engine.backward(loss, last_micro_batch=i == len(micro) - 1)
+                _add_losses(ce * batch["loss_mask"], batch, strategies, sources)
         # every Part-B token belongs to one strategy: their sums are the loss
         reduced = torch.cat([strategies.packed(), sources.packed()])
         dist.all_reduce(reduced, group=s.loss_group)
@@ -225,21 +223,19 @@ class Trainer:
         return shard_rows(batch, self.s.dims.cp, self.s.cp_rank) if self.s.dims.cp > 1 else batch
 
     def _run_pipeline(self, micro: list[dict], strategies: StrategyLosses, sources: StrategyLosses,
-                      denominator: torch.Tensor | None) -> None:
+                      denominator: float | None) -> None:
         """Forward (and backward, given the step's ``denominator``) of ``micro`` through the pipeline stages.
-        The last stage computes the same loss as the plain path, Σ CE·loss_mask / denominator, per micro-batch."""
+        The last stage runs the same chunked loss as the plain path (each micro-batch's CrossEntropyHead
+        travels with its rows through the schedule), Σ CE·loss_mask / denominator per micro-batch."""
+        heads = [CrossEntropyHead(batch["target_ids"], batch["loss_mask"], denominator or 1.0) for batch in micro]
         weighted_ce = {}
 
-        def micro_batch_loss(logits: torch.Tensor, i: int) -> torch.Tensor:
-            batch = micro[i]
-            weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]  # [B, S]
-            weighted_ce[i] = weighted.detach()  # by index: the schedule's shape inference repeats micro-batch 0
-            return weighted.sum() / denominator if denominator is not None else weighted.sum()
+        def micro_batch_loss(output: tuple[torch.Tensor, torch.Tensor], i: int) -> torch.Tensor:
+            loss, ce = output
+            weighted_ce[i] = ce * micro[i]["loss_mask"]  # by index: the schedule's shape inference repeats 0
+            return loss
 
-        # Logits are vocab-sharded DTensors exactly when tp > 1 (loss_context's test); the schedule runs the
-        # loss's forward and backward inside one call, so the context spans it.
-        with loss_parallel() if self.s.dims.tp > 1 else contextlib.nullcontext():
-            self.engine.pipeline.run(micro, micro_batch_loss, backward=denominator is not None)
+        self.engine.pipeline.run(micro, micro_batch_loss, backward=denominator is not None, heads=heads)
         for i, weighted in weighted_ce.items():
             _add_losses(weighted, micro[i], strategies, sources)
 
@@ -284,10 +280,9 @@ class Trainer:
             self.engine.model.eval()
             for batch in batches:
                 batch = self._local(batch)
-                logits = self.engine.model(*(batch[k] for k in _MODEL_INPUTS))
-                with loss_context(logits):
-                    weighted = token_cross_entropy(logits, batch["target_ids"]) * batch["loss_mask"]
-                _add_losses(weighted, batch, strategies, sources)
+                _, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS),
+                                          output_head=CrossEntropyHead(batch["target_ids"], batch["loss_mask"]))
+                _add_losses(ce * batch["loss_mask"], batch, strategies, sources)
                 progress.update()
             if self.cfg.eval.downstream and s.dims.cp == 1:  # not under pp or cp (validate_topology warns)
                 downstream = downstream_metrics(self.cfg, s, self.engine.model)

@@ -197,7 +197,7 @@ def build_engine(cfg: Config, model: nn.Module, mesh: DeviceMesh, dims: Parallel
             part.build_attention = ContextParallelAttention(mesh["cp"].get_group())
     optimizers = [build_optimizer(part, cfg.train) for part in parts]
     if parallel.pp == 1:
-        return TorchEngine(parts, optimizers)
+        return TorchEngine(parts, optimizers, reduce_every_microbatch=parallel.reduce_every_microbatch)
     pipeline = Pipeline(parts, stages, parallel.pp_stages, mesh, parallel.pp_schedule,
                         parallel.pp_microbatches or accumulation_steps, device, tied=model.lm_head is None)
     return TorchEngine(parts, optimizers, pipeline, mesh["pp"].get_group())
