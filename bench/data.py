@@ -46,7 +46,7 @@ def bench_preprocess(work: Path, tokenizer_path: Path, copies: int) -> list[str]
     specs = write_corpus(work, copies)
     datasets.disable_progress_bars()
     start = time.perf_counter()
-    root = preprocess(read_sources(specs, cache_dir=str(work / "hf")), tokenizer_path, work / "out", progress=False)
+    root = preprocess(read_sources(specs), tokenizer_path, work / "out", progress=False)
     ours = time.perf_counter() - start
     tokens = sum(info["n_tokens"] for info in read_manifest(root)["languages"].values())
 

@@ -9,7 +9,6 @@ import yaml
 
 from pretrain.__main__ import main as cli
 from pretrain.cli.ablate import MARKER
-from tests.test_train_units import trainer_factory  # noqa: F401  (fixture)
 
 COMMON_EVAL = {"strategy": "document"}  # a yardstick neither variant trains on
 
@@ -192,7 +191,7 @@ def test_summary_says_when_eval_losses_are_not_comparable(tmp_path):
     assert summary_markdown([variants[0], variants[-1]], {}).startswith("# Ablation sweep\n\nComparable")
 
 
-def test_every_training_seed_is_scored_on_the_same_held_out_masks(trainer_factory, tmp_path):  # noqa: F811
+def test_every_training_seed_is_scored_on_the_same_held_out_masks(trainer_factory, tmp_path):
     """train.seed moves the initialization, the data order and the training masks; the held-out rows and
     the downstream infill spans follow eval.seed only."""
     import torch

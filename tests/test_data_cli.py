@@ -1,5 +1,6 @@
 """CLI: tokenizer train/show, preprocess, inspect, end to end through ``python -m pretrain``."""
 import json
+import re
 
 import pytest
 
@@ -47,3 +48,27 @@ def test_preprocess_reports_bad_input_clearly(workspace, capsys):
     code = main(["preprocess", "--input", missing, "--tokenizer", "t.json", "--output", "o"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("preprocess: input file ") and err.endswith("missing.jsonl does not exist\n")
+
+
+def test_preprocess_on_two_nodes_then_finalize(workspace, tmp_path, capsys, monkeypatch):
+    corpus = tmp_path / "corpus"  # a directory of <lang>.jsonl: --input DIR alone
+    corpus.mkdir()
+    for lang, docs in TEXTS.items():
+        (corpus / f"{lang}.jsonl").write_text((workspace / f"{lang}.jsonl").read_text() * 2)  # every document twice
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"q": f"Q{i}?", "a": f"A{i}."}) + "\n" for i in range(5)))
+    common = ["preprocess", "--input", str(corpus), "--instruct", f"sft={tmp_path / 'sft.jsonl'}", "--prompt-field",
+              "q", "--response-field", "a", "--tokenizer", str(workspace / "tok.json"),
+              "--output", str(tmp_path / "out")]
+    assert main([*common, "--num-nodes", "2", "--node-rank", "0"]) == 0
+    assert "node 0 of 2: its share is done (1 of the 3 inputs); when every node" in capsys.readouterr().out
+    assert main([*common, "--finalize", "--num-nodes", "2"]) == 2  # refused in one line, naming the share
+    assert re.fullmatch(r"preprocess: 2 of 3 inputs .* node 1 of 2: 2 input\(s\) \(.*en.jsonl, .*sft.jsonl\); .*\n",
+                        capsys.readouterr().err)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")  # the second node as a Slurm array task
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert main(common) == 0
+    capsys.readouterr()
+    assert main([*common, "--finalize", "--dedup"]) == 0
+    out = capsys.readouterr().out
+    assert "en: 7 documents, " in out and "7 exact duplicates, dropped" in out
+    assert "sft: 5 documents (instruction)" in out

@@ -1,6 +1,6 @@
-"""Preprocess + store: formats, empty input counted, worker independence, skip/resume, corrupt shards refused."""
+"""Preprocess + store: formats, empty input counted, duplicates, worker independence, skip/resume, refusals."""
+import builtins
 import json
-import os
 import shutil
 import unicodedata
 
@@ -11,8 +11,8 @@ import pytest
 
 from pretrain.data import prepare_embedded_corpus
 from pretrain.data.preprocess import preprocess
-from pretrain.data.sources import read_sources
-from pretrain.data.store import CorruptDataError, data_fingerprint, open_store, read_manifest
+from pretrain.data.sources import SourceOptions, read_sources
+from pretrain.data.store import VERIFIED, CorruptDataError, data_fingerprint, open_store, read_manifest
 from pretrain.data.tokenizer import file_sha256, load_tokenizer
 
 EN = ["The quick brown fox.", "", "   ", "Jumps over [MASK] the lazy dog.", "Line three of English."]
@@ -68,54 +68,97 @@ def test_formats_counts_and_empty_input(raw, tokenizer_path, tmp_path):
 def test_language_column_input(tokenizer_path, tmp_path):
     rows = [{"lang": "b", "text": "first b"}, {"lang": "a", "text": "first a"}, {"lang": "b", "text": "second b"}]
     (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    sources = read_sources([str(tmp_path / "mixed.jsonl")], lang_column="lang")
-    root = preprocess(sources, tokenizer_path, tmp_path / "out", progress=False)
+    sources = read_sources([str(tmp_path / "mixed.jsonl")], options=SourceOptions(lang_column="lang"))
+    root = preprocess(sources, tokenizer_path, tmp_path / "out", shard_documents=1, progress=False)
     assert stored_texts(root, "a") == ["first a"] and stored_texts(root, "b") == ["first b", "second b"]
+    # chunks count each language's own rows; the column inputs' shards are named apart from LANG= inputs'
+    assert [s["name"] for s in read_manifest(root)["languages"]["b"]["shards"]] == ["shard-c00000-00000",
+                                                                                     "shard-c00000-00001"]
+
+
+def test_a_language_from_both_a_column_and_lang_path_is_refused(tokenizer_path, tmp_path):
+    (tmp_path / "mixed.jsonl").write_text(json.dumps({"lang": "en", "text": "hi"}) + "\n")
+    (tmp_path / "en.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    plan = read_sources([f"en={tmp_path / 'en.jsonl'}", str(tmp_path / "mixed.jsonl")],
+                        options=SourceOptions(lang_column="lang"))
+    with pytest.raises(ValueError, match=r"language 'en' comes from LANG=PATH inputs and from the language column"):
+        preprocess(plan, tokenizer_path, tmp_path / "out", progress=False)
+
+
+def test_exact_duplicates_are_counted_and_dropped_with_dedup(tokenizer_path, tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one", "two", "one", "three"]))
+    (tmp_path / "b.txt").write_text("two\nfour\none\n")  # repeats across files and shards count too
+    plan = read_sources([f"en={tmp_path / 'a.jsonl'}", f"en={tmp_path / 'b.txt'}"])
+    kept = preprocess(plan, tokenizer_path, tmp_path / "keep", shard_documents=2, progress=False)
+    info = read_manifest(kept)["languages"]["en"]
+    assert (info["duplicate_documents"], info["dropped_duplicate_documents"]) == (3, 0)
+    assert stored_texts(kept, "en") == ["one", "two", "one", "three", "two", "four", "one"]
+    dropped = preprocess(plan, tokenizer_path, tmp_path / "drop", shard_documents=2, dedup=True, progress=False)
+    info = read_manifest(dropped)["languages"]["en"]
+    assert (info["duplicate_documents"], info["dropped_duplicate_documents"], info["n_docs"]) == (3, 3, 4)
+    assert stored_texts(dropped, "en") == ["one", "two", "three", "four"]  # the first occurrence stays
+    assert [s["name"] for s in info["shards"]] == ["shard-00000-00000", "shard-00000-00001-dedup",
+                                                   "shard-00001-00000-dedup"]
+
+
+def tree(root):
+    """Every file's bytes, but the machine's own record of what it hashed (file stamps: inode, mtime)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and p.name != VERIFIED}
 
 
 def test_output_does_not_depend_on_worker_count(raw, tokenizer_path, tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     one = run(raw, tokenizer_path, tmp_path / "p1", shard_documents=2)
     two = run(raw, tokenizer_path, tmp_path / "p2", shard_documents=2, num_proc=2)
-    assert read_manifest(one)["fingerprint"] == read_manifest(two)["fingerprint"]
     assert len(read_manifest(one)["languages"]["en"]["shards"]) == 3  # rows 0-1, 2-3, 4
-    for path in sorted((one / "en").iterdir()):
-        if path.suffix != ".json":
-            assert path.read_bytes() == (two / "en" / path.name).read_bytes()
+    assert tree(one) == tree(two)  # every file, records and manifest included
 
 
 def test_rerun_skips_finished_shards_and_redoes_an_interrupted_one(raw, tokenizer_path, tmp_path):
     root = run(raw, tokenizer_path, tmp_path / "out", shard_documents=2)
     fingerprint = read_manifest(root)["fingerprint"]
-    done = {p: p.stat().st_mtime_ns for p in (root / "de").iterdir() if p.name.startswith("shard-00000")}
-    # interrupted while writing shard 1: its .json (written last) is missing, its .bin half written
-    (root / "de" / "shard-00001.json").unlink()
-    (root / "de" / "shard-00001.bin").write_bytes(b"\0\0")
+    done = {p: p.stat().st_mtime_ns for p in (root / "de").iterdir() if p.name.startswith("shard-00000-00000")}
+    # interrupted while writing shard 1: its .json (written last) is missing, its .bin half written, a
+    # temporary file is left, and the input's record (written after its shards) is missing
+    (root / "de" / "shard-00000-00001.json").unlink()
+    (root / "de" / "shard-00000-00001.bin").write_bytes(b"\0\0")
+    (root / "de" / ".shard-00000-00001.bin.tmp1234").write_bytes(b"\0")
+    (root / ".inputs" / "de" / "00000.json").unlink()
+    writing = root / "en" / ".shard-00000-00000.bin.tmp77-other"  # another node's shard being written right now
+    writing.write_bytes(b"\0")
     rerun = run(raw, tokenizer_path, root, shard_documents=2)
     assert read_manifest(rerun)["fingerprint"] == fingerprint
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())  # finished shard skipped
     assert stored_texts(rerun, "de") == [t for t in DE if t.strip()]
+    assert list(root.rglob(".*.tmp*")) == [writing]  # this input's leftovers go, nothing else
 
 
-def test_missing_and_unreadable_inputs_are_refused(raw, tmp_path, monkeypatch):
+def test_missing_and_unreadable_inputs_are_refused(raw, tokenizer_path, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
         read_sources([f"en={tmp_path / 'nope.jsonl'}"])
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # tests run as root; simulate EACCES
-    with pytest.raises(PermissionError, match="en.jsonl is not readable"):
-        read_sources([f"en={raw / 'en.jsonl'}"])
+    real_open, target = builtins.open, str(raw / "en.jsonl")
+
+    def denied(file, *args, **kwargs):  # tests run as root, where chmod does not deny; EACCES as the OS raises it
+        if str(file) == target:
+            raise PermissionError(13, "Permission denied", target)
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(PermissionError, match="Permission denied: .*en.jsonl"):
+        preprocess(read_sources([f"en={target}"]), tokenizer_path, tmp_path / "out", progress=False)
 
 
-def test_invalid_utf8_is_refused_with_file_and_offset(tmp_path):
+def test_invalid_utf8_is_refused_with_file_and_offset(tokenizer_path, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes("good line\n".encode() + b"caf\xe9\n")
     with pytest.raises(ValueError, match=r"bad.txt is not valid UTF-8 at byte 13"):
-        read_sources([f"fr={bad}"])
+        preprocess(read_sources([f"fr={bad}"]), tokenizer_path, tmp_path / "out", progress=False)
 
 
-def test_missing_text_column_is_refused(tmp_path):
+def test_missing_text_column_is_refused(tokenizer_path, tmp_path):
     (tmp_path / "x.jsonl").write_text(json.dumps({"body": "hi"}) + "\n")
-    with pytest.raises(ValueError, match=r"no column 'text' \(columns: \['body'\]\)"):
-        read_sources([f"en={tmp_path / 'x.jsonl'}"])
+    with pytest.raises(ValueError, match=r"x.jsonl \(rows from 0\) has no column 'text' \(columns: \['body'\]\)"):
+        preprocess(read_sources([f"en={tmp_path / 'x.jsonl'}"]), tokenizer_path, tmp_path / "out", progress=False)
 
 
 @pytest.fixture
@@ -124,24 +167,24 @@ def processed(raw, tokenizer_path, tmp_path):
 
 
 def test_truncated_shard_is_refused_naming_the_file(processed):
-    path = processed / "en" / "shard-00000.bin"
+    path = processed / "en" / "shard-00000-00000.bin"
     path.write_bytes(path.read_bytes()[:-2])
-    with pytest.raises(CorruptDataError, match=r"en/shard-00000.bin has \d+ bytes.*truncated"):
+    with pytest.raises(CorruptDataError, match=r"en/shard-00000-00000.bin has \d+ bytes.*truncated"):
         open_store(processed)
 
 
 def test_checksum_mismatch_is_refused_naming_the_file(processed):
-    path = processed / "de" / "shard-00000.bin"
+    path = processed / "de" / "shard-00000-00000.bin"
     data = bytearray(path.read_bytes())
     data[0] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(CorruptDataError, match=r"de/shard-00000.bin does not match its sha256"):
+    with pytest.raises(CorruptDataError, match=r"de/shard-00000-00000.bin does not match its sha256"):
         open_store(processed)
     open_store(processed, verify_checksums=False)  # sizes still check out: only hashing finds it
 
 
 def test_token_ids_outside_the_vocabulary_are_refused(processed):
-    path = processed / "fr" / "shard-00000.bin"
+    path = processed / "fr" / "shard-00000-00000.bin"
     tokens = np.fromfile(path, dtype=np.uint16)
     tokens[1] = 5000  # vocab is 2048; keep every checksum consistent so only the range check can fail
     tokens.tofile(path)
@@ -149,7 +192,7 @@ def test_token_ids_outside_the_vocabulary_are_refused(processed):
     manifest["languages"]["fr"]["shards"][0]["bin_sha256"] = file_sha256(path)
     manifest["fingerprint"] = data_fingerprint(manifest["tokenizer_sha256"], manifest["languages"])
     (processed / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CorruptDataError, match=r"fr/shard-00000.bin holds token id 5000, outside the vocabulary"):
+    with pytest.raises(CorruptDataError, match=r"fr/shard-00000-00000.bin holds token id 5000, outside the vocabulary"):
         open_store(processed)
 
 

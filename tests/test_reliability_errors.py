@@ -14,7 +14,7 @@ import pytest
 from pretrain.__main__ import main
 from pretrain.cli._errors import run_verb
 from pretrain.config import ConfigError
-from pretrain.data.sources import read_sources
+from pretrain.data.sources import read_rows, read_sources
 from pretrain.train.config import load_config
 from pretrain.train.metrics import MetricsWriter, read_jsonl
 
@@ -77,8 +77,9 @@ def test_train_cli_refuses_a_nonfinite_lr_in_one_line(capsys, monkeypatch):
 ])
 def test_bad_jsonl_input_names_file_and_line(tmp_path, lines, message):
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    plan = read_sources([f"en={tmp_path / 'bad.jsonl'}"])  # checked where it is read: the node tokenizing it
     with pytest.raises(ValueError, match=message):
-        read_sources([f"en={tmp_path / 'bad.jsonl'}"])
+        list(read_rows(plan.inputs[0], plan.options))
 
 
 def test_torn_last_metrics_line_is_dropped_and_the_resume_continues(tmp_path):

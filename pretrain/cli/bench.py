@@ -18,7 +18,8 @@ def available() -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="benchmark script in bench/ (collator, attention, data, train_step, generate, gpu_check, loss, plan_check)")
+    parser.add_argument("name", help="benchmark script in bench/ (collator, attention, data, preprocess_scale, "
+                                     "train_step, generate, checkpoint, gpu_check, loss, plan_check)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script (try --help)")
 
 

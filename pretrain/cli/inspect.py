@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _configs(args: argparse.Namespace):
-    """(data, objective, train section, model section) from --config, with the command line taking precedence."""
+    """(data, objective, train section, model section or None) from --config, with the command line taking
+    precedence."""
     from pretrain.model.presets import ModelSection
     from pretrain.objectives import ObjectiveConfig  # the objective is only needed here
     raw = load_yaml(args.config) if args.config else {}
@@ -49,7 +50,7 @@ def _configs(args: argparse.Namespace):
     if args.strategy:
         objective.update(strategy=args.strategy, mixture={})
     return (data, from_dict(ObjectiveConfig, objective, f"{args.config}: objective"), raw.get("train") or {},
-            ModelSection.from_section(raw.get("model"), f"{args.config}: model"))
+            ModelSection.from_section(raw["model"], f"{args.config}: model") if raw.get("model") else None)
 
 
 def sample_ids(loader, first: int, count: int, language: str | None) -> list[int]:
@@ -125,8 +126,10 @@ def main(args: argparse.Namespace) -> int:
         seed = train.get("seed", 0) if args.seed is None else args.seed
         global_batch = train.get("global_batch_size", 1)  # the per-batch strategy choice depends on it
         source = open_data(data, declared_special_tokens(objective))
-        # gmask_positions=auto as the trainer resolves it: by the config's model positions
-        objective = resolve_gmask_positions(objective, model.resolve(vocab_size=source.vocab_size).position_encoding)
+        # gmask_positions=auto as the trainer resolves it: by the config's model positions (no model section,
+        # as with --data alone: GLM's 2-D positions)
+        encoding = None if model is None else model.resolve(vocab_size=source.vocab_size).position_encoding
+        objective = resolve_gmask_positions(objective, encoding)
         loader = build_loader(data, lambda samples: samples, seq_len=seq_len,
                               raw_len=raw_length(objective, seq_len), global_batch_size=global_batch,
                               micro_batch_size=global_batch, dp_rank=0, dp_size=1, seed=seed, split=args.split,

@@ -3,20 +3,30 @@ show an existing tokenizer.json (size, special ids, how a text encodes)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 from pretrain.data.corpus import embedded_documents
-from pretrain.data.sources import read_sources
+from pretrain.data.sources import SourceOptions, read_sources, sample_texts
 from pretrain.data.tokenizer import (load_tokenizer, resolve_special_tokens, sample_training_text, save_tokenizer,
                                      train_tokenizer)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", action="append", default=[], metavar="[LANG=]PATH",
-                        help="a .jsonl/.parquet/.txt file or a directory of them; repeat per language")
+    parser.add_argument("--input", action="append", default=[], metavar="[LANG=]LOCATION",
+                        help="a .jsonl/.json/.parquet/.txt/.arrow/.csv file, glob or directory, local or an fsspec "
+                             "URL (s3://, gs://, hf://); a save_to_disk directory; datasets:NAME[?config=&split=]; "
+                             "a Megatron PREFIX.idx/.bin; a directory of <lang>.<ext> files without LANG=; repeatable")
     parser.add_argument("--lang-column", help="column naming each row's language (inputs without LANG=)")
     parser.add_argument("--text-column", default="text", help="column holding the document text")
     parser.add_argument("--sample-by", default="line", choices=("line", "paragraph", "document"),
                         help=".txt inputs: one document per line, per blank-line paragraph, or per file")
+    parser.add_argument("--storage-options", type=json.loads, default={}, metavar="JSON",
+                        help='fsspec options for remote inputs, e.g. \'{"endpoint_url": "http://minio:9000"}\'')
+
+
+def source_options(args: argparse.Namespace, **more) -> SourceOptions:
+    return SourceOptions(text_column=args.text_column, lang_column=args.lang_column, sample_by=args.sample_by,
+                         storage_options=args.storage_options, **more)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,12 +51,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.embedded:
         texts = embedded_documents()
     else:
-        texts = {}
-        for source in read_sources(args.input, text_column=args.text_column, lang_column=args.lang_column,
-                                   sample_by=args.sample_by):
-            if source.dataset is not None:
-                rows = source.dataset.select(range(min(len(source.dataset), args.max_rows)))
-                texts[source.lang] = [t for t in rows[args.text_column] if isinstance(t, str) and t.strip()]
+        texts = sample_texts(read_sources(args.input, options=source_options(args)), args.max_rows)
     lines = sample_training_text(texts, alpha=args.alpha, max_chars=args.max_chars, seed=args.seed)
     tokenizer = train_tokenizer(lines, args.vocab_size, progress=True)
     sha = save_tokenizer(tokenizer, args.output)

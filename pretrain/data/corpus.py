@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 
 from pretrain.data.preprocess import preprocess
-from pretrain.data.sources import LanguageSource
+from pretrain.data.sources import Plan, dataset_input
 from pretrain.data.store import MANIFEST, TOKENIZER
 from pretrain.data.tokenizer import sample_training_text, save_tokenizer, train_tokenizer
 
@@ -28,7 +28,7 @@ LANGUAGES = ("ar", "de", "el", "en", "es", "fa", "fi", "fr", "hr", "hu", "it", "
              "pl", "pt", "ru", "sv", "tr", "uk", "zh")
 SENTENCES_PER_DOCUMENT = 4
 MIN_SENTENCE_CHARS = 8  # mimesis has placeholders like "Test" / "تست" in some locales
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: shard format 2
 
 
 def embedded_documents() -> dict[str, list[str]]:
@@ -73,10 +73,10 @@ def prepare_embedded_corpus(cache_dir: str | Path, vocab_size: int = 2048) -> Pa
         documents = embedded_documents()
         lines = sample_training_text(documents, alpha=0.3, max_chars=1 << 22, seed=0)
         save_tokenizer(train_tokenizer(lines, vocab_size), staging / TOKENIZER)
-        sources = [LanguageSource(lang, datasets.Dataset.from_dict({"text": docs}), f"embedded-{lang}")
-                   for lang, docs in documents.items()]
+        plan = Plan(tuple(dataset_input(lang, datasets.Dataset.from_dict({"text": docs}), f"embedded-{lang}")
+                          for lang, docs in documents.items()))
         with _quiet_datasets():
-            preprocess(sources, staging / TOKENIZER, staging, progress=False)
+            preprocess(plan, staging / TOKENIZER, staging, progress=False)
         try:
             os.rename(staging, final)
         except OSError:

@@ -25,7 +25,8 @@ from tokenizers import Tokenizer
 
 from pretrain.data.config import DataConfig
 from pretrain.data.corpus import prepare_embedded_corpus
-from pretrain.data.index import INDEX_VERSION, LanguageWindows, split_documents
+from pretrain.data.index import INDEX_VERSION, split_documents
+from pretrain.data.instruct_windows import INSTRUCTION_INDEX_VERSION, InstructionWindows, entry_windows
 from pretrain.data.mixture import Mixture, mixture_weights
 from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
 from pretrain.data.store import TOKENIZER, TokenStore, open_store
@@ -98,13 +99,15 @@ class EvalIndex:
 class SampleDataset(torch.utils.data.Dataset):
     """Map-style: global sample id -> TextSample. Workers only run this; the sampler decides order."""
 
-    def __init__(self, languages: list[str], windows: list[LanguageWindows], index: Mixture | EvalIndex):
-        self.languages, self.windows, self.index = languages, windows, index
+    def __init__(self, languages: list[str], windows: list, index: Mixture | EvalIndex):
+        self.languages, self.windows, self.index = languages, windows, index  # windows: index.py / instruct_windows.py
 
     def __getitem__(self, sample_id: int) -> TextSample:
         lang, k = self.index.locate(sample_id)
-        return TextSample(sample_id=sample_id, documents=self.windows[lang].window(k),
-                          language=self.languages[lang])
+        windows = self.windows[lang]
+        prompts = windows.prompt_lengths(k) if isinstance(windows, InstructionWindows) else None
+        return TextSample(sample_id=sample_id, documents=windows.window(k),
+                          language=self.languages[lang], prompt_lengths=prompts)
 
 
 class PretrainLoader:
@@ -288,8 +291,8 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
     store = source.store
     languages = sorted(store.languages)
     splits = {lang: split_documents(store.languages[lang].n_docs, lang, cfg.eval_documents) for lang in languages}
-    train = [LanguageWindows(store.languages[lang], splits[lang][0], raw_len, seed, source.special,
-                             shuffle=True, cache_dir=Path(cfg.cache_dir) / "index", data_fingerprint=store.fingerprint)
+    train = [entry_windows(store.languages[lang], splits[lang][0], raw_len, seed, source.special,
+                           shuffle=True, cache_dir=Path(cfg.cache_dir) / "index", data_fingerprint=store.fingerprint)
              for lang in languages]
     weights = mixture_weights({lang: w.tokens_per_epoch for lang, w in zip(languages, train)},
                               cfg.alpha, cfg.weights)
@@ -303,14 +306,16 @@ def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: 
                 "data_fingerprint": store.fingerprint, "index_version": INDEX_VERSION,
                 "seq_len": seq_len, "raw_len": raw_len, "seed": seed, "global_batch_size": global_batch_size,
                 "eval_documents": cfg.eval_documents, "mixture_hash": mixture.fingerprint()}
+    if any(isinstance(w, InstructionWindows) for w in train):
+        identity["instruction_index_version"] = INSTRUCTION_INDEX_VERSION
     common = dict(identity=identity, micro_batch_size=micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,
                   num_workers=cfg.num_workers, source=source, mixture_weights=mixture.weights)
     if split == "train":
         stop = None if mixture.total_samples is None else \
             mixture.total_samples // global_batch_size * global_batch_size  # whole global batches only
         return PretrainLoader(SampleDataset(languages, train, mixture), collator, split=split, stop=stop, **common)
-    held_out = [LanguageWindows(store.languages[lang], splits[lang][1], raw_len, seed, source.special,
-                                shuffle=False) for lang in languages]
+    held_out = [entry_windows(store.languages[lang], splits[lang][1], raw_len, seed, source.special,
+                              shuffle=False) for lang in languages]
     index = EvalIndex([w.samples_per_epoch for w in held_out])
     step = micro_batch_size * dp_size
     stop = math.ceil(index.total_samples / step) * step

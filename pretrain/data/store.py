@@ -5,13 +5,19 @@ Layout of a preprocessed directory::
     manifest.json            languages -> shards with counts and sha256, tokenizer sha and tokenizer_fingerprint
                              (pretrain.data.tokenizer), data fingerprint
     tokenizer.json
-    <lang>/shard-00000.bin   flat token ids (uint16 if the vocabulary fits, else uint32)
-    <lang>/shard-00000.idx.npy   int64 document offsets into the .bin, n_docs + 1 entries from 0
-    <lang>/shard-00000.json  the shard's own metadata; written last, so its presence marks completion
+    <entry>/shard-00000-00000.bin   flat token ids (uint16 if the vocabulary fits, else uint32)
+    <entry>/shard-00000-00000.idx.npy   int64 document offsets into the .bin, n_docs + 1 entries from 0
+    <entry>/shard-00000-00000.prompt.npy   instruction entries: int32 prompt tokens of each document
+    <entry>/shard-00000-00000.json  the shard's own metadata; written last, so its presence marks completion
     verified.json            .bin files already hashed against the manifest (VerificationRecord)
 
-Checks: the manifest, tokenizer hash, every .bin size and every .idx hash at each start (cheap); each .bin
-hash and token range once, at preprocess or first use, then again only if its (size, mtime, inode) changes.
+An entry is a language or an instruction source (manifest ``kind``: text | instruction), one item of
+the mixture. Shard ``shard-<input>-<chunk>`` holds rows [chunk * shard_documents, ...) of the entry's
+input number <input> (preprocess.py). An instruction document is prompt tokens then response tokens.
+
+Checks: the manifest, tokenizer hash, every .bin size and every .idx/.prompt.npy hash at each start (cheap);
+each .bin hash and token range once, at preprocess or first use, then again only if its (size, mtime, inode)
+changes.
 Documents are stored bare; the loader frames each one as [cls] + tokens + [eos]. Memory maps are
 opened lazily in each process and never pickled (DataLoader workers open their own).
 """
@@ -33,7 +39,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"  # VerificationRecord: .bin files already hashed, and their stamps
 TOKENIZER = "tokenizer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards per (input, chunk), entry kinds, instruction prompt lengths
 
 
 class CorruptDataError(ValueError):
@@ -49,10 +55,15 @@ def shard_files(root: Path, lang: str, name: str) -> tuple[Path, Path, Path]:
     return folder / f"{name}.bin", folder / f"{name}.idx.npy", folder / f"{name}.json"
 
 
+def prompt_file(root: Path, lang: str, name: str) -> Path:
+    return root / lang / f"{name}.prompt.npy"
+
+
 def data_fingerprint(tokenizer_sha256: str, languages: dict) -> str:
-    """Hash of everything that defines the token streams: tokenizer and every shard's content hash."""
-    shards = {lang: [(s["name"], s["n_docs"], s["n_tokens"], s["bin_sha256"], s["idx_sha256"])
-                     for s in info["shards"]] for lang, info in sorted(languages.items())}
+    """Hash of everything that defines the token streams: tokenizer, entry kinds, every shard's content hash."""
+    shards = {lang: [info.get("kind", "text")] + [
+        (s["name"], s["n_docs"], s["n_tokens"], s["bin_sha256"], s["idx_sha256"], s.get("prompt_sha256", ""))
+        for s in info["shards"]] for lang, info in sorted(languages.items())}
     payload = json.dumps([FORMAT_VERSION, tokenizer_sha256, shards], sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:16]
 
@@ -64,6 +75,7 @@ class LanguageStore:
     dtype: np.dtype
     offsets: np.ndarray      # [n_docs + 1] int64 token offsets over the language's shards, concatenated
     shard_doc_start: np.ndarray  # [n_shards + 1] first document of each shard
+    prompt_lengths: np.ndarray | None = None  # [n_docs] instruction entries: prompt tokens of each document
     _maps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -200,6 +212,26 @@ def _open_shard(root: Path, lang: str, shard: dict, dtype: np.dtype, vocab_size:
     return offsets.astype(np.int64)
 
 
+def _open_prompts(root: Path, lang: str, shard: dict, offsets: np.ndarray) -> np.ndarray:
+    """An instruction shard's prompt lengths: one per document, each leaving a non-empty response. Hashed at
+    every start, like the .idx (4 bytes a document)."""
+    path = prompt_file(root, lang, shard["name"])
+    if not path.is_file():
+        raise CorruptDataError(f"shard file {path} listed in {root / MANIFEST} is missing; re-run preprocess")
+    prompt_bytes = path.read_bytes()
+    if hashlib.sha256(prompt_bytes).hexdigest() != shard["prompt_sha256"]:
+        raise CorruptDataError(f"shard file {path} does not match its sha256 in {root / MANIFEST}: "
+                               f"modified or corrupted; re-run preprocess")
+    try:
+        prompts = np.load(io.BytesIO(prompt_bytes))
+    except ValueError as err:
+        raise CorruptDataError(f"shard file {path} is not a valid .npy prompt-lengths file: {err}") from err
+    if prompts.shape != (shard["n_docs"],) or np.any(prompts < 0) or np.any(prompts >= np.diff(offsets)):
+        raise CorruptDataError(f"shard file {path}: prompt lengths do not fit the {shard['n_docs']} documents "
+                               f"of its shard; re-run preprocess")
+    return prompts.astype(np.int64)
+
+
 def open_store(root: str | Path, verify_checksums: bool = True, record_dir: str | Path | None = None) -> TokenStore:
     """Open a preprocessed directory. ``verify_checksums``: hash each .bin file once, recorded in
     ``<root>/verified.json`` (or ``<record_dir>/<fingerprint>.json`` when root is read-only)."""
@@ -218,14 +250,18 @@ def open_store(root: str | Path, verify_checksums: bool = True, record_dir: str 
     record = VerificationRecord.load(record_paths) if verify_checksums else None
     languages = {}
     for lang, info in sorted(manifest["languages"].items()):
-        offsets, doc_starts, bins, tokens = [np.zeros(1, np.int64)], [0], [], 0
+        offsets, doc_starts, bins, tokens, prompts = [np.zeros(1, np.int64)], [0], [], 0, []
+        instruction = info.get("kind") == "instruction"
         for shard in info["shards"]:
             local = _open_shard(root, lang, shard, dtype, manifest["vocab_size"], record)
+            if instruction:
+                prompts.append(_open_prompts(root, lang, shard, local))
             offsets.append(local[1:] + tokens)
             tokens += int(local[-1])
             doc_starts.append(doc_starts[-1] + shard["n_docs"])
             bins.append(shard_files(root, lang, shard["name"])[0])
-        languages[lang] = LanguageStore(lang, bins, dtype, np.concatenate(offsets), np.array(doc_starts))
+        languages[lang] = LanguageStore(lang, bins, dtype, np.concatenate(offsets), np.array(doc_starts),
+                                        np.concatenate(prompts) if instruction else None)
     if record is not None:
         record.save()
     return TokenStore(root, manifest, languages)

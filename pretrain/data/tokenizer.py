@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -116,9 +117,14 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling name no other process, or host sharing the directory, writes to."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never a half-written one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     tmp.write_bytes(data)
     tmp.replace(path)
 

@@ -29,6 +29,9 @@ def row_measures(collator: GLMCollator, samples: Sequence[TextSample]) -> dict[s
     trains = np.ones(len(spans), dtype=bool) if spans.inline is None else ~spans.inline | (length > 0)
     span_row = docs.row[plan.span_doc]
     used = batch["segment_ids"] >= 0
+    instruction = len(collator.strategies)  # a row holding an instruction record is counted as "instruction"
+    has_instruction = np.bincount(docs.row[plan.doc_strategy == instruction], minlength=n_rows) > 0
+    row_strategy = np.where(has_instruction, instruction, plan.row_strategy)
     return {
         "raw": np.bincount(docs.row, weights=docs.length, minlength=n_rows),
         "masked": np.bincount(span_row, weights=np.where(trains, length, 0), minlength=n_rows),
@@ -37,7 +40,7 @@ def row_measures(collator: GLMCollator, samples: Sequence[TextSample]) -> dict[s
         "used": used.sum(axis=1),
         "padding": (~used).sum(axis=1),
         "dropped": plan.dropped,
-        "strategy": np.array(collator.strategy_names)[plan.row_strategy],
+        "strategy": np.array(collator.strategy_names)[row_strategy],
         "language": np.array([s.language or "?" for s in samples]),
     }
 
