@@ -60,17 +60,18 @@ LAYOUTS = {
     "param_dp2": (2, "param", ["train.micro_batch_size=1"]),
     "param_dp2_grad_op_one_microbatch": (2, "param", ["parallel.fsdp=grad_op"]),
     "glm4_tp2_ac": (2, "glm4", ["parallel.tp=2", "train.activation_checkpointing=true"]),
-    # --- pipeline and context parallelism (landed; not yet measured against the model), e.g.
-    # "act_pp2": (2, "act", ["parallel.tp=1", "parallel.pp=2", "parallel.pp_schedule=1f1b"]),
-    # "act_pp2_interleaved": (2, "act", ["parallel.tp=1", "parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
-    #                                     "parallel.pp_virtual_stages=2", "train.micro_batch_size=2"]),
-    # "act_cp2": (2, "act", ["parallel.tp=1", "parallel.cp=2"]),
+    # pipeline and context parallelism
+    "act_pp2": (2, "act", ["parallel.tp=1", "parallel.pp=2", "parallel.pp_schedule=1f1b"]),
+    "act_pp2_interleaved": (2, "act", ["parallel.tp=1", "parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
+                                       "parallel.pp_virtual_stages=2", "parallel.pp_layers_per_stage=[1,1,1,1]",
+                                       "train.micro_batch_size=2"]),
+    "act_cp2": (2, "act", ["parallel.tp=1", "parallel.cp=2"]),
 }
 
 
 def base_overrides(cache_dir: Path) -> list[str]:
     return ["model.preset=glm-tiny", "parallel.tp=1", "eval.interval=0", "metrics.tensorboard=false",
-            "data.corpus=embedded", f"data.cache_dir={cache_dir}", "data.num_workers=0", "checkpoint.resume=false"]
+            "data.corpus=embedded", f"data.cache_dir={cache_dir}", "data.num_workers=0", "checkpoint.resume_from=none"]
 
 
 def _status_bytes(key: str) -> int:
