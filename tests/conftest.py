@@ -35,6 +35,15 @@ def glm_random_layout():
     return _glm_random_layout
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second intra-op thread only adds contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --- pretrain.train / pretrain.parallel ---------------------------------------------------------------
 @pytest.fixture
 def single_process_env(monkeypatch):

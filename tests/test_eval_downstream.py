@@ -2,13 +2,11 @@
 own, checked against build_sample and against what generation writes), the metric arithmetic, the
 trainer's eval record and the ablation summary's columns. dp/tp layouts: test_train_distributed.py."""
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from pretrain.data.tokenizer import train_tokenizer
 from pretrain.generate.cloze import cloze_example, split_last_word
@@ -156,30 +154,10 @@ def test_bad_downstream_setting_fails_at_load():
         load_config(ROOT / "configs" / "smoke.yaml", ["eval.downstream_documents=0"])
 
 
-def test_trainer_eval_reports_downstream_metrics_per_language(tmp_path, tmp_path_factory, monkeypatch):
-    from pretrain.data.corpus import prepare_embedded_corpus
-    from pretrain.train.config import load_config
-    from pretrain.train.loop import Trainer
-    cache = tmp_path_factory.getbasetemp() / "train-corpus"  # shared with the trainer tests
-    prepare_embedded_corpus(cache)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(port)).items():
-        monkeypatch.setenv(key, value)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = load_config(ROOT / "configs" / "smoke.yaml", [
-            "parallel.tp=1", "train.seq_len=64", "train.global_batch_size=4", "train.micro_batch_size=4",
-            "eval.interval=1", "eval.batches=1", "eval.downstream=true", "eval.downstream_documents=1",
-            "metrics.tensorboard=false", f"data.cache_dir={cache}", "data.num_workers=0", f"run.dir={tmp_path}"])
-        record = Trainer(cfg).evaluate()
-    finally:
-        torch.set_num_threads(threads)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def test_trainer_eval_reports_downstream_metrics_per_language(trainer_factory, tmp_path, one_thread):
+    trainer = trainer_factory(tmp_path, "train.micro_batch_size=4", "eval.interval=1", "eval.batches=1",
+                              "eval.downstream=true", "eval.downstream_documents=1")
+    record = trainer.evaluate()
     tasks = ("cloze", "cloze_causal", "infill")
     for task in tasks:
         assert 0 <= record[f"eval/{task}_acc"] <= 1 and 1 < record[f"eval/{task}_ppl"] < 1e5

@@ -24,13 +24,7 @@ MC = [{"question": "Where did the cat sit?", "choices": ["on the mat", "in the p
       {"question": "Where does the sun rise?", "choices": ["in the west", "in the east"], "label": 1}]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model: a second thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def task_files(folder: Path) -> Path:

@@ -27,13 +27,7 @@ ENCODINGS = {
 SAMPLED = Sampling(temperature=0.8, top_k=40, top_p=0.95, seed=7)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Token-at-a-time decoding of tiny models: a second thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def random_model(encoding: str, backend: str = "sdpa"):

@@ -26,13 +26,7 @@ SAYINGS = ["the quick brown fox jumps over the lazy dog.", "a journey of a thous
 MODEL_INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
