@@ -3,7 +3,10 @@
 
     .venv/bin/python bench/plan_check.py                                  # the one-process layouts
     .venv/bin/torchrun --nproc_per_node=2 bench/plan_check.py             # the two-process layouts
-    ... --layouts act_tp2 act_dp2 --json                                  # some, one JSON line each
+    ... --layouts act_tp2 --json                                          # one, as a JSON line
+
+Measure one layout per launch for numbers to trust: layouts run one after another in one process see
+each other's heap (up to 30% off); several per launch is a quick look.
 
 "Peak memory" on CPU: the rise of the process's peak resident set (Linux VmHWM, reset through
 /proc/self/clear_refs) over its resident set just before the trainer is built, to the end of step 2
