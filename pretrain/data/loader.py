@@ -251,9 +251,10 @@ def open_data(cfg: DataConfig, declared_special_tokens: Mapping[str, str] = {}) 
                          "pretrain preprocess`) or ask for the built-in corpus by name (data.corpus=embedded)")
     root = Path(cfg.path) if cfg.path else prepare_embedded_corpus(cfg.cache_dir, cfg.embedded_vocab_size)
     store = open_store(root, verify_checksums=cfg.verify_checksums, record_dir=Path(cfg.cache_dir) / "verified")
-    tokenizer = load_tokenizer(root / TOKENIZER)
-    if cfg.tokenizer is not None:  # the run's own copy: it must give the ids the shards hold
-        theirs = tokenizer_fingerprint(tokenizer)
+    if cfg.tokenizer is None:
+        tokenizer = load_tokenizer(root / TOKENIZER)
+    else:  # the run's own copy: it must give the ids the shards hold (the manifest records theirs)
+        theirs = store.manifest["tokenizer_fingerprint"]
         tokenizer = load_tokenizer(cfg.tokenizer)
         ours = tokenizer_fingerprint(tokenizer)
         if ours != theirs:

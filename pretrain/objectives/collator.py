@@ -20,7 +20,7 @@ from pretrain.objectives import rng
 from pretrain.objectives.boundaries import TokenTables
 from pretrain.objectives.config import ObjectiveConfig, prolongs_gmask_blocks
 from pretrain.objectives.infill import Spans, layout_rows
-from pretrain.objectives.packing import TextSample, growth, order_part_b, overflow_keep, raw_length, segments
+from pretrain.objectives.packing import TextSample, order_part_b, overflow_keep, raw_length, segments
 from pretrain.objectives.spans import Documents
 from pretrain.objectives.strategies import STRATEGIES, Context
 from pretrain.objectives.strategies.base import gmask_spans
@@ -106,14 +106,13 @@ class GLMCollator:
             if at_cut.any():
                 spans.eop_loss = ~at_cut
         row_text = np.bincount(docs.row, weights=docs.length, minlength=n_rows).astype(np.int64)
-        span_growth = growth(spans)
+        span_growth = spans.growth()
         keep = overflow_keep(docs.row[span_doc], span_growth, row_text, self.seq_len)
         dropped = np.zeros(n_rows, dtype=np.int64)
         if not keep.all():  # rare: skip the filtering otherwise
             dropped = np.bincount(docs.row[span_doc[~keep]], minlength=n_rows)
-            spans, span_doc = spans.take(keep), span_doc[keep]
-            span_growth = None if span_growth is None else span_growth[keep]
-        used = int(row_text.sum()) + (2 * len(spans) if span_growth is None else int(span_growth.sum()))
+            spans, span_doc, span_growth = spans.take(keep), span_doc[keep], span_growth[keep]
+        used = int(row_text.sum()) + int(span_growth.sum())
 
         seg_lengths, seg_rows = segments(docs.length, docs.row, n_rows, self.cfg.layout)
         span_seg = seg_lengths.cumsum().searchsorted(spans.start, side="right")

@@ -60,6 +60,13 @@ class Spans:
     def __len__(self) -> int:
         return len(self.start)
 
+    def growth(self) -> np.ndarray:
+        """[K] tokens each span adds to its row: 2 for a Part-B span (its mask token, opener and text
+        replace its text), 1 - length for an inline one."""
+        if self.inline is None:
+            return np.full(len(self), 2, dtype=np.int64)
+        return np.where(self.inline, 1 - (self.end - self.start), 2)
+
     def take(self, index: np.ndarray) -> "Spans":
         """The spans at ``index`` (a mask or indices), every field alike."""
         return Spans(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
@@ -117,11 +124,7 @@ def layout_rows(tokens: np.ndarray, seg_lengths: np.ndarray, seg_rows: np.ndarra
     seg_first_span = offsets(seg_n_spans)                                             # [G+1]
     inline = spans.inline
     in_b = None if inline is None else ~inline                                        # [K] has Part-B runs
-    if in_b is None:
-        seg_out_len = seg_lengths + 2 * seg_n_spans   # a span: text -> mask, plus opener + text in Part B
-    else:
-        growth = np.where(in_b, 2, 1 - span_len)
-        seg_out_len = seg_lengths + np.bincount(span_seg, weights=growth, minlength=n_seg).astype(np.int64)
+    seg_out_len = seg_lengths + np.bincount(span_seg, weights=spans.growth(), minlength=n_seg).astype(np.int64)
     out_cum = offsets(seg_out_len)
     row_first_seg = seg_rows.searchsorted(np.arange(n_rows + 1))                      # [B+1]
     row_used = out_cum[row_first_seg[1:]] - out_cum[row_first_seg[:-1]]               # [B]

@@ -47,23 +47,9 @@ def segments(doc_lengths: np.ndarray, doc_rows: np.ndarray, n_rows: int, layout:
     return np.bincount(doc_rows, weights=doc_lengths, minlength=n_rows).astype(np.int64), np.arange(n_rows)
 
 
-def growth(spans: Spans) -> np.ndarray | None:
-    """[K] tokens each span adds to its row: 2 for a Part-B span (its mask token, opener and text
-    replace its text), 1 - length for an inline one; None when every span adds 2."""
-    if spans.inline is None:
-        return None
-    return np.where(spans.inline, 1 - (spans.end - spans.start), 2)
-
-
-def overflow_keep(span_row: np.ndarray, span_growth: np.ndarray | None, row_text: np.ndarray,
-                  seq_len: int) -> np.ndarray:
+def overflow_keep(span_row: np.ndarray, span_growth: np.ndarray, row_text: np.ndarray, seq_len: int) -> np.ndarray:
     """Mask of spans to keep so that each row fits: drops a row's last spans that add tokens until it
-    does (spans that add none, MLM's replaced tokens, always stay). ``span_growth`` None: 2 each."""
-    if span_growth is None:
-        n_spans = np.bincount(span_row, minlength=len(row_text))
-        n_drop = np.maximum(0, row_text + 2 * n_spans - seq_len + 1) // 2                # [R]
-        from_end = n_spans.cumsum()[span_row] - 1 - np.arange(len(span_row))              # [K]
-        return from_end >= n_drop[span_row]
+    does (spans that add none, MLM's replaced tokens, always stay). ``span_growth``: ``Spans.growth()``."""
     row_growth = np.bincount(span_row, weights=span_growth, minlength=len(row_text))
     excess = row_text + row_growth - seq_len                                           # [R]
     after = row_growth.cumsum()[span_row] - span_growth.cumsum()                       # [K] growth of later spans

@@ -51,9 +51,12 @@ class Documents:
                    rng.subkeys(row_key, index_in_row), row_key, clean_boundaries(tokens, start, tables, unit))
 
     def select(self, mask: np.ndarray) -> "Documents":
-        """The documents where ``mask`` is true (tokens and boundaries stay shared, offsets absolute)."""
-        return Documents(**{f.name: getattr(self, f.name) if f.name in ("tokens", "boundary")
-                            else getattr(self, f.name)[mask] for f in fields(self)})
+        """The documents where ``mask`` is true (tokens and boundaries stay shared, offsets absolute,
+        and so do the boundary tables built from them)."""
+        subset = Documents(**{f.name: getattr(self, f.name) if f.name in ("tokens", "boundary")
+                              else getattr(self, f.name)[mask] for f in fields(self)})
+        subset.__dict__.update({k: v for k, v in self.__dict__.items() if k in ("clean_before", "clean_count")})
+        return subset
 
     @property
     def end(self) -> np.ndarray:
