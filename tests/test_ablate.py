@@ -227,3 +227,16 @@ def test_bench_outside_a_source_checkout_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_cli, "BENCH_DIR", tmp_path / "installed" / "bench")
     assert cli(["bench", "collator"]) == 2
     assert "source checkout" in capsys.readouterr().err
+
+
+def test_objective_statistics_resolve_gmask_positions_as_the_trainer_does(tmp_path, cache):
+    """gmask_positions=auto (configs/glm-4-9b.yaml) is resolved by the model's positions before the
+    statistics' collator sees it, as in the trainer: with 1-D RoPE the [gMASK] blocks prolong the text."""
+    from pretrain.train.ablation_summary import overall_group, training_objective_stats
+    from pretrain.train.config import load_config
+    base = write_sweep(tmp_path, cache, {"a": []}).parent / "base.yaml"
+    for encoding in ("learned_2d", "rope_1d"):
+        cfg = load_config(base, ["objective.strategy=causal", "objective.gmask_positions=auto",
+                                 f"model.position_encoding={encoding}"])
+        stats = overall_group(training_objective_stats(cfg, 8))
+        assert stats["rows"] == 8 and stats["masked_ratio"]["mean"] > 0.5, (encoding, stats)

@@ -13,7 +13,6 @@ import numpy as np
 
 from pretrain.config import from_dict, load_yaml
 from pretrain.data.config import DataConfig
-from pretrain.data.loader import build_loader
 from pretrain.data.store import read_manifest
 
 
@@ -118,8 +117,8 @@ def piece_starts(positions: np.ndarray, block_positions: np.ndarray, objective) 
 
 
 def main(args: argparse.Namespace) -> int:
-    from pretrain.data.loader import glm_collator, open_data
-    from pretrain.objectives import declared_special_tokens, raw_length, resolve_gmask_positions
+    from pretrain.data.loader import open_data, samples_and_collator
+    from pretrain.objectives import declared_special_tokens, resolve_gmask_positions
     try:
         data, objective, train, model = _configs(args)
         seq_len = args.seq_len or train.get("seq_len", 512)
@@ -130,11 +129,8 @@ def main(args: argparse.Namespace) -> int:
         # as with --data alone: GLM's 2-D positions)
         encoding = None if model is None else model.resolve(vocab_size=source.vocab_size).position_encoding
         objective = resolve_gmask_positions(objective, encoding)
-        loader = build_loader(data, lambda samples: samples, seq_len=seq_len,
-                              raw_len=raw_length(objective, seq_len), global_batch_size=global_batch,
-                              micro_batch_size=global_batch, dp_rank=0, dp_size=1, seed=seed, split=args.split,
-                              source=source)
-        collator = glm_collator(source, objective, seq_len=seq_len, seed=seed, global_batch_size=global_batch)
+        loader, collator = samples_and_collator(data, source, objective, seq_len=seq_len, seed=seed,
+                                                global_batch_size=global_batch, split=args.split)
         shown = sample_ids(loader, args.sample_id, 1, args.language)[0]
         if args.stats:
             from pretrain.objectives.stats import format_stats, objective_stats

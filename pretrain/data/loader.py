@@ -32,7 +32,7 @@ from pretrain.data.sampler import RankBatchSampler, check_batch_geometry
 from pretrain.data.store import TOKENIZER, TokenStore, open_store
 from pretrain.data.token_tables import token_tables
 from pretrain.data.tokenizer import load_tokenizer, resolve_special_tokens, tokenizer_fingerprint
-from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, TokenTables, sentence_end_ids
+from pretrain.objectives import GLMCollator, ObjectiveConfig, TextSample, TokenTables, raw_length, sentence_end_ids
 from pretrain.tokens import SpecialTokens
 
 logger = logging.getLogger(__name__)
@@ -275,6 +275,16 @@ def glm_collator(source: DataSource, objective: ObjectiveConfig, *, seq_len: int
     return GLMCollator(objective, source.special, seq_len, seed, global_batch_size,
                        sentence_end_ids=sentence_end_ids(source.token_texts), vocab_size=source.vocab_size,
                        token_tables=source.token_tables)
+
+
+def samples_and_collator(cfg: DataConfig, source: DataSource, objective: ObjectiveConfig, *, seq_len: int,
+                          seed: int, global_batch_size: int, split: str = "train") -> tuple["PretrainLoader", GLMCollator]:
+    """What a run of ``objective`` would see, for looking at it (inspect, ablation statistics): a loader
+    of raw samples (one rank, micro-batch = global batch) and the collator the run would build."""
+    loader = build_loader(cfg, lambda samples: samples, seq_len=seq_len, raw_len=raw_length(objective, seq_len),
+                          global_batch_size=global_batch_size, micro_batch_size=global_batch_size, dp_rank=0,
+                          dp_size=1, seed=seed, split=split, source=source)
+    return loader, glm_collator(source, objective, seq_len=seq_len, seed=seed, global_batch_size=global_batch_size)
 
 
 def build_loader(cfg: DataConfig, collator: Callable, *, seq_len: int, raw_len: int, global_batch_size: int,

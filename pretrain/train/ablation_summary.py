@@ -101,17 +101,16 @@ def _steps(results: list[RunResult], key: str) -> str:
 
 def training_objective_stats(cfg: Config, rows: int) -> dict:
     """``objective_stats`` of the run's training objective over its first ``rows`` training samples."""
-    from pretrain.data.loader import build_loader, glm_collator, open_data
-    from pretrain.objectives import declared_special_tokens, raw_length
+    from pretrain.data.loader import open_data, samples_and_collator
+    from pretrain.objectives import declared_special_tokens, resolve_gmask_positions
     from pretrain.objectives.stats import objective_stats
     train = cfg.train
     source = open_data(cfg.data, declared_special_tokens(cfg.objective))
-    loader = build_loader(cfg.data, lambda samples: samples, seq_len=train.seq_len,
-                          raw_len=raw_length(cfg.objective, train.seq_len), global_batch_size=train.global_batch_size,
-                          micro_batch_size=train.global_batch_size, dp_rank=0, dp_size=1, seed=train.seed,
-                          source=source)
-    collator = glm_collator(source, cfg.objective, seq_len=train.seq_len, seed=train.seed,
-                            global_batch_size=train.global_batch_size)
+    # gmask_positions=auto as the trainer resolves it, by the model's position encoding
+    encoding = cfg.model.resolve(vocab_size=source.vocab_size).position_encoding
+    loader, collator = samples_and_collator(cfg.data, source, resolve_gmask_positions(cfg.objective, encoding),
+                                            seq_len=train.seq_len, seed=train.seed,
+                                            global_batch_size=train.global_batch_size)
     return objective_stats(collator, [loader.dataset[i] for i in range(rows)])
 
 
