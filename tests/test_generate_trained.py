@@ -104,7 +104,7 @@ def test_prompts_from_a_file_and_sampling_flags(memorised_run, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["the cat sat."], "infill error: prompt 1: no blank in 'the cat sat.'"),
+    (["the cat sat."], "infill: prompt 1: no blank in 'the cat sat.'"),
     (["--max-new-tokens", "0", "a [MASK]"], "max_new_tokens=0 must be >= 1"),
     (["--top-p", "2", "a [MASK]"], "top_p=2.0 must lie in (0, 1]"),
     ([], "no prompt: give PROMPT arguments or --file"),

@@ -159,7 +159,7 @@ def test_what_cannot_be_imported_is_refused_in_one_line(glm4_dir, tmp_path, caps
     capsys.readouterr()  # transformers' progress bars
     assert cli(["import-hf", str(hf_dir), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("import-hf error:") and message in err, err
+    assert err.startswith("import-hf: ") and message in err, err
     assert len(err.strip().splitlines()) == 1
 
 

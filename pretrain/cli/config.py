@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.overrides and not args.config:
-        raise SystemExit(f"config: overrides {args.overrides} need --config FILE to apply to")
+        raise ValueError(f"overrides {args.overrides} need --config FILE to apply to")
     cfg = load_config(args.config, args.overrides) if args.config else None
     print(render_markdown(cfg) if args.markdown else render_text(cfg), end="")
     return 0

@@ -8,7 +8,6 @@ and ``AutoModelForCausalLM`` load the directory as it is.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pretrain.model.export import export_hf
@@ -23,14 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        checkpoint = run_checkpoint(args.run_dir, args.checkpoint)
-        tokenizer = run_tokenizer(args.run_dir)
-        out = export_hf(load_trained_model(args.run_dir, checkpoint), args.out, resolved_special_tokens(args.run_dir),
-                        tokenizer, source=f"{args.run_dir.name} ({checkpoint.name})")
-    except ValueError as err:  # ConfigError included: the message names the file and what to change
-        print(f"export error: {err}", file=sys.stderr)
-        return 2
+    checkpoint = run_checkpoint(args.run_dir, args.checkpoint)
+    tokenizer = run_tokenizer(args.run_dir)
+    out = export_hf(load_trained_model(args.run_dir, checkpoint), args.out, resolved_special_tokens(args.run_dir),
+                    tokenizer, source=f"{args.run_dir.name} ({checkpoint.name})")
     print(f"wrote {out}: config.json, model.safetensors, generation_config.json, README.md"
           + (", tokenizer.json, tokenizer_config.json" if tokenizer else " (the run has no tokenizer.json)"))
     return 0

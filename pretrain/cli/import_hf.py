@@ -9,7 +9,6 @@ special tokens found by role, missing ones appended). Continue pretraining from 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pretrain.data.tokenizer import load_tokenizer, resolve_special_tokens
@@ -26,23 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        if args.out.exists() and any(args.out.iterdir()):
-            raise ValueError(f"--out {args.out} is not empty; give a new run directory")
-        imported = read_checkpoint(args.hf_dir)
-        model = imported.model()
-        tokenizer_path = args.tokenizer or (args.hf_dir if (args.hf_dir / "tokenizer.json").is_file() else None)
-        tokenizer = special = None
-        if tokenizer_path is not None:
-            tokenizer = load_tokenizer(tokenizer_path)
-            special = resolve_special_tokens(tokenizer)
-            if tokenizer.get_vocab_size() > model.cfg.vocab_size:
-                raise ValueError(f"the tokenizer {tokenizer_path} has {tokenizer.get_vocab_size()} tokens (GLM special "
-                                 f"tokens included), more than the checkpoint's vocab_size={model.cfg.vocab_size}")
-        checkpoint = write_run_dir(args.out, model, ModelSection(imported.preset, imported.fields), special, tokenizer)
-    except (ValueError, FileNotFoundError) as err:  # ConfigError included: one line naming the file and the fix
-        print(f"import-hf error: {err}", file=sys.stderr)
-        return 2
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ValueError(f"--out {args.out} is not empty; give a new run directory")
+    imported = read_checkpoint(args.hf_dir)
+    model = imported.model()
+    tokenizer_path = args.tokenizer or (args.hf_dir if (args.hf_dir / "tokenizer.json").is_file() else None)
+    tokenizer = special = None
+    if tokenizer_path is not None:
+        tokenizer = load_tokenizer(tokenizer_path)
+        special = resolve_special_tokens(tokenizer)
+        if tokenizer.get_vocab_size() > model.cfg.vocab_size:
+            raise ValueError(f"the tokenizer {tokenizer_path} has {tokenizer.get_vocab_size()} tokens (GLM special "
+                             f"tokens included), more than the checkpoint's vocab_size={model.cfg.vocab_size}")
+    checkpoint = write_run_dir(args.out, model, ModelSection(imported.preset, imported.fields), special, tokenizer)
     print(f"imported {imported.layout} checkpoint {args.hf_dir}: {model.num_params():,} parameters as preset "
           f"{imported.preset} + {sorted(imported.fields)}")
     print(f"wrote {args.out / 'config.yaml'}, {checkpoint}" + (f", {args.out / 'tokenizer.json'}" if tokenizer else

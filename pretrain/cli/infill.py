@@ -8,7 +8,6 @@ or in a batch.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -39,44 +38,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        texts = list(args.prompts)
-        if args.file is not None:
-            if not args.file.is_file():
-                raise ValueError(f"--file {args.file} does not exist")
-            texts += [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not texts:
-            raise ValueError("no prompt: give PROMPT arguments or --file with one prompt per line")
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size={args.batch_size} must be >= 1")
-        sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed).validate()
-        config_path = args.run / "config.yaml"
-        if not config_path.is_file():
-            raise ValueError(f"{args.run} is not a training run directory: {config_path} does not exist")
-        tokenizer = load_tokenizer(args.run / "tokenizer.json")
-        special = resolved_special_tokens(args.run)
-        prompts = []
-        for number, text in enumerate(texts, 1):
-            try:
-                prompts.append(parse_prompt(text, tokenizer, special))
-            except ValueError as err:
-                raise ValueError(f"prompt {number}: {err}") from None
-        objective = from_dict(ObjectiveConfig, load_yaml(config_path).get("objective"), f"{config_path}: objective")
-        model = load_trained_model(args.run, args.checkpoint).to(args.device)
-        objective = resolve_gmask_positions(objective, model.cfg.position_encoding)  # as the run trained
-        # never write special tokens other than the ends of a block, nor the vocabulary's padding rows
-        banned = [i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special]
-        banned += range(tokenizer.get_vocab_size(), model.cfg.vocab_size)
-        banned = sorted(set(banned) - {special.eop, special.eos})
-        for start in range(0, len(prompts), args.batch_size):
-            batch = prompts[start:start + args.batch_size]
-            fills = fill_blanks(model, [p.part_a for p in batch], special, max_new_tokens=args.max_new_tokens,
-                                sampling=sampling, block_positions=objective.block_positions,
-                                gmask_positions=objective.gmask_positions, banned=banned,
-                                prompt_ids=range(start, start + len(batch)))
-            for prompt, blocks in zip(batch, fills):
-                print(filled_text(prompt, [tokenizer.decode(block) for block in blocks], args.mark), flush=True)
-    except (ValueError, FileNotFoundError) as err:  # ConfigError included: the message says what to change
-        print(f"infill error: {err}", file=sys.stderr)
-        return 2
+    texts = list(args.prompts)
+    if args.file is not None:
+        if not args.file.is_file():
+            raise ValueError(f"--file {args.file} does not exist")
+        texts += [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError("no prompt: give PROMPT arguments or --file with one prompt per line")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size={args.batch_size} must be >= 1")
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed).validate()
+    config_path = args.run / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"{args.run} is not a training run directory: {config_path} does not exist")
+    tokenizer = load_tokenizer(args.run / "tokenizer.json")
+    special = resolved_special_tokens(args.run)
+    prompts = []
+    for number, text in enumerate(texts, 1):
+        try:
+            prompts.append(parse_prompt(text, tokenizer, special))
+        except ValueError as err:
+            raise ValueError(f"prompt {number}: {err}") from None
+    objective = from_dict(ObjectiveConfig, load_yaml(config_path).get("objective"), f"{config_path}: objective")
+    model = load_trained_model(args.run, args.checkpoint).to(args.device)
+    objective = resolve_gmask_positions(objective, model.cfg.position_encoding)  # as the run trained
+    # never write special tokens other than the ends of a block, nor the vocabulary's padding rows
+    banned = [i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special]
+    banned += range(tokenizer.get_vocab_size(), model.cfg.vocab_size)
+    banned = sorted(set(banned) - {special.eop, special.eos})
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start:start + args.batch_size]
+        fills = fill_blanks(model, [p.part_a for p in batch], special, max_new_tokens=args.max_new_tokens,
+                            sampling=sampling, block_positions=objective.block_positions,
+                            gmask_positions=objective.gmask_positions, banned=banned,
+                            prompt_ids=range(start, start + len(batch)))
+        for prompt, blocks in zip(batch, fills):
+            print(filled_text(prompt, [tokenizer.decode(block) for block in blocks], args.mark), flush=True)
     return 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import textwrap
 
 import numpy as np
@@ -119,29 +118,25 @@ def piece_starts(positions: np.ndarray, block_positions: np.ndarray, objective) 
 def main(args: argparse.Namespace) -> int:
     from pretrain.data.loader import open_data, samples_and_collator
     from pretrain.objectives import declared_special_tokens, resolve_gmask_positions
-    try:
-        data, objective, train, model = _configs(args)
-        seq_len = args.seq_len or train.get("seq_len", 512)
-        seed = train.get("seed", 0) if args.seed is None else args.seed
-        global_batch = train.get("global_batch_size", 1)  # the per-batch strategy choice depends on it
-        source = open_data(data, declared_special_tokens(objective))
-        # gmask_positions=auto as the trainer resolves it: by the config's model positions (no model section,
-        # as with --data alone: GLM's 2-D positions)
-        encoding = None if model is None else model.resolve(vocab_size=source.vocab_size).position_encoding
-        objective = resolve_gmask_positions(objective, encoding)
-        loader, collator = samples_and_collator(data, source, objective, seq_len=seq_len, seed=seed,
-                                                global_batch_size=global_batch, split=args.split)
-        shown = sample_ids(loader, args.sample_id, 1, args.language)[0]
-        if args.stats:
-            from pretrain.objectives.stats import format_stats, objective_stats
-            rows = [loader.dataset[i] for i in sample_ids(loader, args.sample_id, args.stats, args.language)]
-            stats = objective_stats(collator, rows)
-            if args.json:
-                print(json.dumps(stats, indent=1))
-                return 0
-    except ValueError as err:
-        print(f"inspect: {err}", file=sys.stderr)
-        return 2
+    data, objective, train, model = _configs(args)
+    seq_len = args.seq_len or train.get("seq_len", 512)
+    seed = train.get("seed", 0) if args.seed is None else args.seed
+    global_batch = train.get("global_batch_size", 1)  # the per-batch strategy choice depends on it
+    source = open_data(data, declared_special_tokens(objective))
+    # gmask_positions=auto as the trainer resolves it: by the config's model positions (no model section,
+    # as with --data alone: GLM's 2-D positions)
+    encoding = None if model is None else model.resolve(vocab_size=source.vocab_size).position_encoding
+    objective = resolve_gmask_positions(objective, encoding)
+    loader, collator = samples_and_collator(data, source, objective, seq_len=seq_len, seed=seed,
+                                            global_batch_size=global_batch, split=args.split)
+    shown = sample_ids(loader, args.sample_id, 1, args.language)[0]
+    if args.stats:
+        from pretrain.objectives.stats import format_stats, objective_stats
+        rows = [loader.dataset[i] for i in sample_ids(loader, args.sample_id, args.stats, args.language)]
+        stats = objective_stats(collator, rows)
+        if args.json:
+            print(json.dumps(stats, indent=1))
+            return 0
     print_statistics(loader)
     if args.stats:
         print("\n" + format_stats(stats))

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
-from pretrain.config import ConfigError
 
 COLUMNS = ("rank", "tp", "pp", "cp", "dp", "zero", "ac", "mb", "µb/step", "schedule", "reduce/µb", "GiB",
            "params/grads/optim/act/in-flight/loss/work GiB", "fits", "bubble", "comm GiB tp/cp/pp/dp", "step s",
@@ -39,14 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return _main(args)
-    except (ConfigError, ValueError) as err:
-        print(f"plan: {err}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace) -> int:
     from pretrain.plan import Workload, configured_layout, configured_workload, evaluate, gpu_spec, plan
     gpu = gpu_spec(args.gpu)
     if args.peak_tflops:
