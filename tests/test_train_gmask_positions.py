@@ -50,7 +50,7 @@ def test_trainer_resolves_auto_by_the_models_positions(trainer_factory, tmp_path
 
     monkeypatch.setattr(downstream, "layout_scored", layout_scored)
     with pytest.raises(Captured):
-        downstream.downstream_metrics(trainer.cfg, trainer.s, model=None)
+        downstream.Downstream(trainer.cfg, trainer.s)
     assert seen["gmask_positions"] == resolved
 
 

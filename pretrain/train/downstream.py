@@ -41,7 +41,8 @@ from pretrain.train.config import Config
 from pretrain.train.loss import loss_context, token_cross_entropy
 
 TASKS = ("cloze", "cloze_causal", "infill")
-_MODEL_INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
+# the model call of docs/contracts.md §5, in order
+MODEL_INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
 
 
 def held_out_documents(store, eval_documents: int, limit: int | None) -> dict[str, list[np.ndarray]]:
@@ -79,29 +80,37 @@ def build_examples(cfg: Config, source) -> tuple[list[Scored], list[tuple[str, s
     return examples, labels
 
 
-@torch.no_grad()
-def downstream_metrics(cfg: Config, s, model: nn.Module) -> dict[str, float]:
-    """The eval/* downstream keys; collective over the data-parallel group (call it on every rank)."""
-    examples, labels = build_examples(cfg, s.data)
-    if not examples:
-        return {}
-    micro = cfg.train.micro_batch_size
-    objective = resolve_gmask_positions(cfg.eval_objective(), s.model_cfg.position_encoding)
-    batch = layout_scored(examples, cfg.train.seq_len, s.data.special, objective.block_positions,
-                          rows_multiple=micro * s.dims.dp, gmask_positions=objective.gmask_positions)
-    per_rank = len(batch["input_ids"]) // s.dims.dp
-    first = dist.get_rank(s.dp_group) * per_rank
-    counts = torch.zeros(len(examples), 3, dtype=torch.float64, device=s.device)
-    for start in range(first, first + per_rank, micro):
-        rows = {k: torch.from_numpy(v[start:start + micro]).to(s.device) for k, v in batch.items()}
-        logits = model(*(rows[k] for k in _MODEL_INPUTS))
-        with loss_context(logits):
-            ce = token_cross_entropy(logits, rows["target_ids"])
-        predicted = logits.argmax(dim=-1)
-        predicted = predicted.full_tensor() if isinstance(predicted, DTensor) else predicted
-        counts += example_counts(rows["example"], predicted == rows["target_ids"], ce, len(examples))
-    dist.all_reduce(counts, group=s.dp_group)
-    return summarize(counts.cpu().numpy(), labels)
+class Downstream:
+    """The eval/* downstream keys. The examples depend on the config and eval.seed only: they are drawn
+    and laid out once, then scored with the model at every evaluation."""
+
+    def __init__(self, cfg: Config, s):
+        examples, self.labels = build_examples(cfg, s.data)
+        self.s, self.micro, self.n_examples = s, cfg.train.micro_batch_size, len(examples)
+        objective = resolve_gmask_positions(cfg.eval_objective(), s.model_cfg.position_encoding)
+        self.batch = layout_scored(examples, cfg.train.seq_len, s.data.special, objective.block_positions,
+                                   rows_multiple=self.micro * s.dims.dp,
+                                   gmask_positions=objective.gmask_positions) if examples else None
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        """Collective over the data-parallel group (call it on every rank)."""
+        if self.batch is None:
+            return {}
+        s, micro = self.s, self.micro
+        per_rank = len(self.batch["input_ids"]) // s.dims.dp
+        first = dist.get_rank(s.dp_group) * per_rank
+        counts = torch.zeros(self.n_examples, 3, dtype=torch.float64, device=s.device)
+        for start in range(first, first + per_rank, micro):
+            rows = {k: torch.from_numpy(v[start:start + micro]).to(s.device) for k, v in self.batch.items()}
+            logits = model(*(rows[k] for k in MODEL_INPUTS))
+            with loss_context(logits):
+                ce = token_cross_entropy(logits, rows["target_ids"])
+            predicted = logits.argmax(dim=-1)
+            predicted = predicted.full_tensor() if isinstance(predicted, DTensor) else predicted
+            counts += example_counts(rows["example"], predicted == rows["target_ids"], ce, self.n_examples)
+        dist.all_reduce(counts, group=s.dp_group)
+        return summarize(counts.cpu().numpy(), self.labels)
 
 
 def summarize(counts: np.ndarray, labels: list[tuple[str, str]]) -> dict[str, float]:

@@ -11,6 +11,7 @@ its share of every row; the per-strategy sums then add up over pp x dp x cp (``S
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -27,7 +28,7 @@ from pretrain.model.attention import visible_pairs
 from pretrain.model.flops import batch_flops
 from pretrain.parallel.context import shard_rows
 from pretrain.train import checkpoint
-from pretrain.train.downstream import downstream_metrics
+from pretrain.train.downstream import MODEL_INPUTS, Downstream
 from pretrain.train.agreement import any_rank
 from pretrain.train.loss import CrossEntropyHead, StrategyLosses
 from pretrain.train.metrics import ETA, MetricsWriter, max_memory_gib, peak_tflops, print_line
@@ -38,8 +39,6 @@ from pretrain.train.preflight import preflight
 from pretrain.train.setup import Setup, build_setup
 
 logger = logging.getLogger(__name__)
-
-_MODEL_INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -190,7 +189,7 @@ class Trainer:
             for i, batch in enumerate(micro):
                 batch = self._local(batch)
                 # The loss runs inside the model's forward, over chunks of tokens: no logits outlive it (loss.py)
-                loss, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS), output_head=CrossEntropyHead(
+                loss, ce = self.engine.model(*(batch[k] for k in MODEL_INPUTS), output_head=CrossEntropyHead(
                     batch["target_ids"], batch["loss_mask"], denominator))
                 self.engine.backward(loss, last_micro_batch=i == len(micro) - 1)
                 _add_losses(ce * batch["loss_mask"], batch, strategies, sources)
@@ -259,6 +258,11 @@ class Trainer:
         return {"tokens_per_s": tokens / elapsed, "tflops": tflops,
                 "mfu": tflops / self.peak if self.peak else None, "max_memory_gib": max_memory_gib(s.device)}
 
+    @functools.cached_property
+    def downstream(self) -> Downstream:
+        """eval.downstream's examples, built at the first evaluation that scores them."""
+        return Downstream(self.cfg, self.s)
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out loss (mean CE over Part-B tokens) overall, per strategy and per source (language) on
@@ -280,12 +284,12 @@ class Trainer:
             self.engine.model.eval()
             for batch in batches:
                 batch = self._local(batch)
-                _, ce = self.engine.model(*(batch[k] for k in _MODEL_INPUTS),
+                _, ce = self.engine.model(*(batch[k] for k in MODEL_INPUTS),
                                           output_head=CrossEntropyHead(batch["target_ids"], batch["loss_mask"]))
                 _add_losses(ce * batch["loss_mask"], batch, strategies, sources)
                 progress.update()
             if self.cfg.eval.downstream and s.dims.cp == 1:  # not under pp or cp (validate_topology warns)
-                downstream = downstream_metrics(self.cfg, s, self.engine.model)
+                downstream = self.downstream(self.engine.model)
             self.engine.model.train()
         progress.close()
         packed = torch.cat([strategies.packed(), sources.packed()])
