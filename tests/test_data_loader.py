@@ -1,6 +1,7 @@
 """Loader: rank/worker partition, worker invariance, exact resume, elastic dp, valid split, refusals."""
 import dataclasses
 import json
+import math
 import multiprocessing
 import tempfile
 from pathlib import Path
@@ -91,6 +92,7 @@ def test_each_language_epoch_covers_every_training_document_exactly_once(cfg):
         np.testing.assert_array_equal(stream, expected)
         lengths = [sum(map(len, by_position[w])) for w in range(windows.samples_per_epoch)]
         assert max(lengths) <= 50 and max(lengths) - min(lengths) <= 1  # no nearly empty window at the end
+        assert len(lengths) == math.ceil(sum(lengths) / 50)  # as few windows as fit the epoch
     assert not np.array_equal(windows.epoch(0)[0], windows.epoch(1)[0])  # fresh order per epoch
 
 
@@ -239,6 +241,7 @@ def test_windows_cut_the_framed_epoch_stream_exactly(lengths, raw_len, epoch):
     np.testing.assert_array_equal(stream, np.concatenate(framed))
     lengths = [sum(map(len, cut[w])) for w in range(windows.samples_per_epoch)]
     assert max(lengths) <= raw_len and max(lengths) - min(lengths) <= 1, "equal windows, the epoch's rest spread"
+    assert len(lengths) == math.ceil(sum(lengths) / raw_len), "as few windows as fit the epoch"
 
 
 def test_epoch_indices_are_cached_and_reused(cfg, tmp_path, monkeypatch):

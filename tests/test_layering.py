@@ -30,6 +30,8 @@ FORBIDDEN = {
     "data": {"model", "train", "cli"},
     "parallel": {"train", "cli"},
     "train": {"cli"},
+    "generate": {"data", "parallel", "train", "cli"},
+    "plan": {"data", "train", "cli"},
     **{base: {"objectives", "model", "data", "parallel", "train", "cli"} for base in BASE},
 }
 

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch.distributed as dist
 
 from pretrain.__main__ import main
 from pretrain.config import from_dict, load_yaml
 from pretrain.objectives import STRATEGIES, GLMCollator, ObjectiveConfig, TextSample
 from pretrain.objectives.stats import format_stats, objective_stats
 from pretrain.tokens import SpecialTokens
-from pretrain.train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 S = SpecialTokens()
@@ -84,22 +82,9 @@ def test_inspect_stats(data_dir, capsys):
 
 
 @pytest.fixture
-def trainer(tmp_path_factory, single_process_env):
-    from pretrain.data.corpus import prepare_embedded_corpus
-    cache = tmp_path_factory.getbasetemp() / "train-corpus"  # shared with the trainer tests
-    prepare_embedded_corpus(cache)
-
-    def make(run_dir: Path, *overrides: str):
-        from pretrain.train.loop import Trainer
-        cfg = load_config(ROOT / "configs" / "smoke.yaml", [
-            "parallel.tp=1", "train.seq_len=64", "train.global_batch_size=4", "train.micro_batch_size=2",
-            "eval.interval=0", "metrics.tensorboard=false", f"data.cache_dir={cache}", "data.num_workers=0",
-            f"run.dir={run_dir}", "model.num_layers=1", *overrides])
-        return Trainer(cfg)
-
-    yield make
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def trainer(trainer_factory):
+    """conftest's one-process trainer with a one-layer model."""
+    return lambda run_dir, *overrides: trainer_factory(run_dir, "model.num_layers=1", *overrides)
 
 
 def test_every_new_strategy_trains_in_a_mixture_and_evaluates(trainer, tmp_path):

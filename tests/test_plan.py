@@ -180,3 +180,10 @@ def test_memory_model_predicts_measured_peaks(layout, corpus):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     [measured] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert measured["layout"] == layout and abs(measured["error"]) <= MEMORY_TOLERANCE, measured
+
+
+def test_the_planners_loss_chunk_is_the_trainers():
+    """plan/ may not import train/: the chunked loss's constants are copied there, and must stay equal."""
+    from pretrain.train.loss import LOGITS_CHUNK_BYTES, MIN_CHUNK_TOKENS
+    workload = glm_130b_workload()
+    assert (workload.loss_chunk_bytes, workload.min_chunk_tokens) == (LOGITS_CHUNK_BYTES, MIN_CHUNK_TOKENS)

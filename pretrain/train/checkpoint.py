@@ -247,11 +247,6 @@ class Checkpointer:
         """This rank's background write has not finished (not collective)."""
         return self.pending is not None and not self.pending.future.done()
 
-    def finish(self) -> None:
-        """Call when no rank is ``writing()``: marks the last background save complete."""
-        if self.pending is not None:
-            self.wait()
-
     def wait(self) -> None:
         """Block until the background save (if any) is written everywhere, then mark it complete."""
         pending, self.pending = self.pending, None
@@ -259,7 +254,7 @@ class Checkpointer:
             return
         try:
             pending.future.result()
-        except (CheckpointException, Exception) as err:
+        except (CheckpointException, Exception) as err:  # CheckpointException is a BaseException
             raise self._write_error(pending.partial, err) from None
         if dist.get_rank() == 0:  # its DCP save returned: every rank's files are on disk
             self._commit(pending.partial, pending.step)

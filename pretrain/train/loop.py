@@ -306,7 +306,7 @@ class Trainer:
         rank finished writing the last background save (then it is marked complete)."""
         stop, writing = any_rank([stop_signals.received is not None, self.checkpointer.writing()], self.s.device)
         if not writing:
-            self.checkpointer.finish()
+            self.checkpointer.wait()
         return stop
 
 
