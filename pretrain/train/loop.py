@@ -180,7 +180,8 @@ class Trainer:
                                 visible_pairs(b["segment_ids"], b["part_a"]).sum()] for b in micro],
                               dtype=torch.float64).sum(0).to(s.device)
         dist.all_reduce(counts, group=s.dp_group)
-        denominator = counts[0].clamp(min=1).item()
+        parts, tokens, pairs = counts.tolist()  # the step's one host sync before the backward passes
+        denominator = max(parts, 1.0)
         strategies = StrategyLosses(len(s.strategy_names), s.device)
         sources = StrategyLosses(len(s.loader.languages), s.device)  # the same sums per data source
         if self.engine.pipeline is not None:
@@ -196,6 +197,7 @@ class Trainer:
         # every Part-B token belongs to one strategy: their sums are the loss
         reduced = torch.cat([strategies.packed(), sources.packed()])
         dist.all_reduce(reduced, group=s.loss_group)
+        reduced = reduced.cpu()  # one host sync for every loss below
         by_strategy, by_source = reduced.split([2 * len(s.strategy_names), 2 * len(s.loader.languages)])
         loss_value = (by_strategy[:len(s.strategy_names)].sum() / denominator).item()
         lr = cfg.train.lr * lr_factor(self.step, cfg.train)
@@ -208,7 +210,6 @@ class Trainer:
         self.step += 1
         if s.device.type == "cuda":
             torch.cuda.synchronize(s.device)
-        _, tokens, pairs = counts.tolist()
         self.tokens_seen += int(tokens)
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 **StrategyLosses.means(by_strategy, s.strategy_names, "loss"),
