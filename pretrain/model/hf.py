@@ -82,8 +82,10 @@ def _read(directory: Path, config: dict, weights: bool) -> Imported:
         state = from_glm4_state_dict(read_weights(directory), fields) if weights else {}
         return match_preset("glm4", ("glm-4-9b",), fields, state, always=("num_kv_heads", "head_dim"))
     if "block_position_encoding" in config:  # THUDM's GLMConfig (GLMModel, GLMForConditionalGeneration, ...)
-        fields = glm1_fields(config, read_shapes(directory))
-        state = from_glm1_state_dict(read_weights(directory), fields["num_layers"]) if weights else {}
+        raw = read_weights(directory) if weights else None  # read once: a .bin has no shapes without its data
+        shapes = {k: tuple(v.shape) for k, v in raw.items()} if weights else read_shapes(directory)
+        fields = glm1_fields(config, shapes)
+        state = from_glm1_state_dict(raw, fields["num_layers"]) if weights else {}
         return match_preset("glm1", GLM1_PRESETS, fields, state)
     raise ValueError(f"{directory / 'config.json'}: architectures {architectures} is neither transformers' "
                      f"GlmForCausalLM (GLM-4) nor THUDM's GLM-1 (a config with block_position_encoding); nothing else is imported")
