@@ -2,9 +2,10 @@
 torch engine can run (tp, pp, cp, dp with FSDP2, activation checkpointing, micro-batch), with its
 memory per GPU, pipeline bubble, communication and estimated step time and MFU, ranked.
 
-It models what the trainer does (pretrain/train, pretrain/parallel) but imports neither: only the
-model's config and FLOP count (pretrain/model). ``python -m pretrain plan`` is its command line;
-bench/plan_check.py checks the memory model against real runs.
+It models what the trainer does without importing the trainer (pretrain/train): it reads the model's
+config and FLOP count (pretrain/model) and judges a layout with the parallel package's own checks and
+stage split (pretrain/parallel). ``python -m pretrain plan`` is its command line; bench/plan_check.py
+checks the memory model against real runs.
 """
 from pretrain.plan.configured import configured_layout, configured_workload
 from pretrain.plan.cost import Cost, estimate_cost, step_flops

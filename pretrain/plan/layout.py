@@ -13,7 +13,10 @@ import math
 from dataclasses import dataclass
 
 from pretrain.model.config import ModelConfig
-from pretrain.parallel.pipeline import layers_per_stage
+from pretrain.parallel.config import ParallelConfig
+from pretrain.parallel.context import check_context
+from pretrain.parallel.pipeline import check_pipeline, stage_layer_counts
+from pretrain.parallel.tp import check_tp_divisibility
 from pretrain.plan.hardware import GPU
 
 # Pipeline schedules the planner models: bubble fraction and in-flight micro-batches on the first stage
@@ -61,6 +64,14 @@ class Layout:
     def world(self) -> int:
         return self.tp * self.pp * self.cp * self.dp
 
+    def parallel(self) -> ParallelConfig:
+        """The ``parallel`` section of a run config with this layout (the trainer's rules judge it)."""
+        return ParallelConfig(tp=self.tp, pp=self.pp, cp=self.cp, fsdp=self.fsdp,
+                              sequence_parallel=self.sequence_parallel,
+                              reduce_every_microbatch=self.reduce_every_microbatch, pp_schedule=self.pp_schedule,
+                              pp_virtual_stages=self.pp_virtual_stages, pp_microbatches=self.pp_microbatches,
+                              pp_layers_per_stage=list(self.pp_layers_per_stage) if self.pp_layers_per_stage else None)
+
     @property
     def zero(self) -> int:
         return 3 if self.fsdp == "full" else 2
@@ -84,15 +95,10 @@ def round_microbatches(w: Workload, lay: Layout) -> int:
 
 
 def stage_counts(w: Workload, lay: Layout) -> list[int]:
-    """Blocks of each pipeline stage (pp x virtual stages), as the trainer splits them: the config's
-    parallel.pp_layers_per_stage, else pipeline.py's balanced split (embedding and head weighted as one
-    layer each; GLM-130B's 70 layers on 8: 8, 9 x 6, 8). ValueError when no stage split exists."""
-    stages = lay.pp * (lay.pp_virtual_stages if lay.pp_schedule == "interleaved_1f1b" else 1)
-    if lay.pp_layers_per_stage:
-        return list(lay.pp_layers_per_stage)
-    if stages == 1:
-        return [w.model.num_layers]
-    return layers_per_stage(w.model.num_layers, stages)
+    """Blocks of each pipeline stage (pp x virtual stages), as the trainer splits them (pipeline.py:
+    parallel.pp_layers_per_stage, else balanced with the embedding and head weighted as one layer each;
+    GLM-130B's 70 layers on 8: 8, 9 x 6, 8). ValueError when no stage split exists."""
+    return stage_layer_counts(lay.parallel(), w.model.num_layers) if lay.pp > 1 else [w.model.num_layers]
 
 
 def rank_layers(w: Workload, lay: Layout) -> list[int]:
@@ -139,38 +145,22 @@ def inside_node(w: Workload, lay: Layout, dim: str, size: int) -> bool:
 
 
 def check(w: Workload, lay: Layout) -> str | None:
-    """Why the trainer could not run ``lay`` for ``w`` (None when it can)."""
+    """Why the trainer could not run ``lay`` for ``w`` (None when it can): the trainer's own checks of
+    the parallel section, TP divisibility, context and pipeline, plus what the planner adds."""
     cfg = w.model
     if lay.world != w.gpus:
         return f"tp x pp x cp x dp = {lay.world} != {w.gpus} GPUs"
-    for name, value in (("num_heads", cfg.num_heads), ("num_kv_heads", cfg.num_kv_heads),
-                        ("ffn_hidden_size", cfg.ffn_hidden_size), ("vocab_size", cfg.vocab_size)):
-        if value % lay.tp:
-            return f"model.{name}={value} is not divisible by tp={lay.tp}"
-    if lay.sequence_parallel and (lay.tp == 1 or (w.seq_len // lay.cp) % lay.tp):
-        return f"sequence parallel needs tp > 1 dividing the local sequence {w.seq_len // lay.cp}"
-    if w.seq_len % (2 * lay.cp) and lay.cp > 1:
-        return f"seq_len={w.seq_len} is not divisible by 2 x cp={2 * lay.cp} (load-balanced chunks)"
     if w.global_batch % (lay.dp * lay.micro_batch):
         return f"global batch {w.global_batch} is not divisible by dp x micro_batch = {lay.dp * lay.micro_batch}"
-    if lay.pp > cfg.num_layers:
-        return f"pp={lay.pp} exceeds num_layers={cfg.num_layers}"
     if lay.pp_schedule not in SCHEDULES:
         return f"pp_schedule={lay.pp_schedule!r}: the planner models {list(SCHEDULES)}"
-    if lay.reduce_every_microbatch and lay.pp > 1:
-        return "reduce_every_microbatch with pp > 1: the pipeline stages reduce gradients after the last micro-batch"
-    if lay.pp > 1:
-        try:
-            counts = stage_counts(w, lay)
-        except ValueError as error:
-            return str(error)
-        if len(counts) != lay.pp * (lay.pp_virtual_stages if lay.pp_schedule == "interleaved_1f1b" else 1) \
-                or sum(counts) != cfg.num_layers or min(counts) < 1:
-            return f"the {len(counts)} stages cannot split {cfg.num_layers} layers as {counts}"
-        m = round_microbatches(w, lay)
-        if micro_batches(w, lay) % m:
-            return f"pp_microbatches={m} does not divide the {micro_batches(w, lay)} micro-batches of a step"
-        if lay.pp_schedule == "interleaved_1f1b" and (m % lay.pp or cfg.num_layers < lay.pp * lay.pp_virtual_stages):
-            return (f"interleaved_1f1b needs micro-batches per round ({m}) divisible by pp={lay.pp} and "
-                    f"num_layers >= pp x virtual stages")
+    parallel = lay.parallel()
+    try:
+        parallel.validate()
+        check_tp_divisibility(cfg.num_heads, cfg.num_kv_heads, cfg.ffn_hidden_size, cfg.vocab_size, w.seq_len,
+                              lay.tp, lay.sequence_parallel)
+        check_context(parallel, w.seq_len, cfg.attention_backend, cfg.attention_dropout)
+        check_pipeline(parallel, cfg.num_layers, micro_batches(w, lay))
+    except ValueError as error:
+        return str(error)
     return None
