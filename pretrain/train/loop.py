@@ -10,7 +10,6 @@ its share of every row; the per-strategy sums then add up over pp x dp x cp (``S
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import yaml
 from tqdm import tqdm
 
 from pretrain.config import ConfigError
@@ -36,6 +34,7 @@ from pretrain.train.optim import lr_factor
 from pretrain.train.config import Config
 from pretrain.train.preemption import StopSignals
 from pretrain.train.preflight import preflight
+from pretrain.train.run_dir import write_run_config
 from pretrain.train.setup import Setup, build_setup
 
 logger = logging.getLogger(__name__)
@@ -124,15 +123,8 @@ class Trainer:
         self.checkpointer.save(self.step, self.trainer_state(), wait=wait)
 
     def _write_resolved_config(self) -> None:
-        """config.yaml (with the resolved model and special tokens) and the tokenizer in use: what
-        export, infill and evaluation read from a run directory."""
-        data = self.cfg.to_dict()
-        data["resolved_model"] = dataclasses.asdict(self.s.model_cfg)
-        data["resolved_special_tokens"] = self.s.data.special.roles()
-        run_dir = Path(self.cfg.run.dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        self.s.data.tokenizer.save(str(run_dir / "tokenizer.json"))
+        s = self.s
+        write_run_config(Path(self.cfg.run.dir), self.cfg.to_dict(), s.model_cfg, s.data.special, s.data.tokenizer)
 
     # ----------------------------------------------------------------------------- loop
     def train(self) -> int:

@@ -94,18 +94,25 @@ def load_trained_model(run_dir: Path, checkpoint: Path | None = None) -> GLMMode
     return model.eval()
 
 
-def write_run_dir(run_dir: Path, model: GLMModel, section: ModelSection, special: SpecialTokens | None,
-                  tokenizer: Tokenizer | None) -> Path:
-    """A run directory holding ``model``'s weights as checkpoint ``step_00000000`` (model only), a config.yaml
-    whose ``model`` section rebuilds it (with resolved_model / resolved_special_tokens, as a trainer writes
-    them) and the tokenizer. Returns the checkpoint directory."""
+def write_run_config(run_dir: Path, config: dict, model_cfg: ModelConfig, special: SpecialTokens | None,
+                     tokenizer: Tokenizer | None) -> None:
+    """``config`` as config.yaml with the resolved model (and special tokens), and the tokenizer beside it:
+    what export, infill and evaluation read from a run directory (a trainer's and an import's alike)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model": section.to_dict(), "resolved_model": dataclasses.asdict(model.cfg)}
+    config = {**config, "resolved_model": dataclasses.asdict(model_cfg)}
     if special is not None:
         config["resolved_special_tokens"] = special.roles()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     if tokenizer is not None:
         tokenizer.save(str(run_dir / TOKENIZER))
+
+
+def write_run_dir(run_dir: Path, model: GLMModel, section: ModelSection, special: SpecialTokens | None,
+                  tokenizer: Tokenizer | None) -> Path:
+    """A run directory holding ``model``'s weights as checkpoint ``step_00000000`` (model only), a config.yaml
+    whose ``model`` section rebuilds it (with resolved_model / resolved_special_tokens, as a trainer writes
+    them) and the tokenizer. Returns the checkpoint directory."""
+    write_run_config(run_dir, {"model": section.to_dict()}, model.cfg, special, tokenizer)
     checkpoint = step_dir(checkpoint_dir(None, run_dir), 0)
     with _one_process():
         dcp.save({"model": model.state_dict()}, checkpoint_id=checkpoint, no_dist=True)
