@@ -30,9 +30,10 @@ from pretrain.data.tokenizer import load_tokenizer
 from pretrain.model.config import ModelConfig
 from pretrain.model.glm import GLMModel
 from pretrain.model.hf import check_state_dict, read_checkpoint
+from pretrain.train.agreement import raise_if_any_rank_failed
 from pretrain.train.checkpoint import latest_checkpoint
 from pretrain.train.config import Config
-from pretrain.train.run_dir import load_trained_model, resolved_model_config, run_checkpoint, run_tokenizer
+from pretrain.train.run_dir import load_trained_model, resolved_model_config, run_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def check_fits(source: Source, cfg: ModelConfig, tokenizer: Tokenizer) -> None:
 def read_state(source: Source, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The source's weights at the run's shapes (vocabulary rows appended, see the module docstring)."""
     if source.kind == "run":
-        state = load_trained_model(source.path, run_checkpoint(source.path)).state_dict()
+        state = load_trained_model(source.path).state_dict()
     else:
         state = read_checkpoint(source.path).state_dict
     added = cfg.vocab_size - source.config.vocab_size
@@ -124,10 +125,7 @@ def initial_weights(run: Config, cfg: ModelConfig, tokenizer: Tokenizer) -> dict
                 check_state_dict(GLMModel(cfg), state, f"train.init_from={source.path}")
         except (ValueError, OSError, RuntimeError) as err:
             error = f"train.init_from={source.path}: {err}"
-    verdict = [error]
-    dist.broadcast_object_list(verdict, src=0)
-    if verdict[0] is not None:
-        raise ConfigError(verdict[0])
+    raise_if_any_rank_failed(None if error is None else ConfigError(error), ConfigError)
     logger.info("init_from: starting from the weights of %s (%s), fresh optimizer, step 0", source.path, source.kind)
     return state
 
