@@ -233,9 +233,10 @@ class DataSource:
         return self.tokenizer.get_vocab_size()
 
     @functools.cached_property
-    def token_texts(self) -> list[str]:
-        """Decoded text of every id (e.g. for the collator's sentence-end table)."""
-        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
+    def sentence_end_ids(self) -> np.ndarray:
+        """Ids of the tokens that end a sentence (the sentence strategy's table), decoded once per run."""
+        return sentence_end_ids([self.tokenizer.decode([i], skip_special_tokens=False)
+                                 for i in range(self.tokenizer.get_vocab_size())])
 
     @functools.cached_property
     def token_tables(self) -> TokenTables:
@@ -273,8 +274,8 @@ def glm_collator(source: DataSource, objective: ObjectiveConfig, *, seq_len: int
     """The GLM collator for this data's tokenizer (special ids, vocabulary size, sentence ends, span
     boundary tables)."""
     return GLMCollator(objective, source.special, seq_len, seed, global_batch_size,
-                       sentence_end_ids=sentence_end_ids(source.token_texts), vocab_size=source.vocab_size,
-                       token_tables=source.token_tables)
+                       sentence_end_ids=source.sentence_end_ids, vocab_size=source.vocab_size,
+                       token_tables=None if objective.boundaries == "token" else source.token_tables)
 
 
 def samples_and_collator(cfg: DataConfig, source: DataSource, objective: ObjectiveConfig, *, seq_len: int,
