@@ -172,8 +172,7 @@ class GLMCollator:
             has = prompt > 0
             start = docs.start[has] + prompt[has]
             parts.append(gmask_spans(start, docs.end[has], self.special.gmask))
-        merged = Spans.concat(parts, self.special.sop)
-        return merged.take(np.lexsort((merged.end > merged.start, merged.start)))
+        return Spans.merge(parts, self.special.sop)
 
     def _prompt_lengths(self, samples: Sequence[TextSample]) -> np.ndarray | None:
         """[D] prompt length of every document (0: plain text), or None when there is no instruction."""

@@ -73,6 +73,12 @@ class Spans:
                         for f in fields(self)})
 
     @staticmethod
+    def merge(parts: list["Spans"], sop_id: int) -> "Spans":
+        """``concat`` of ``parts`` sorted by start, an empty span (a marker) before a span at its start."""
+        merged = Spans.concat(parts, sop_id)
+        return merged.take(np.lexsort((merged.end > merged.start, merged.start)))
+
+    @staticmethod
     def concat(parts: list["Spans"], sop_id: int) -> "Spans":
         """The spans of ``parts`` one after the other; an optional field set in one part gets its
         default (opener sop, chain 0, not inline, no prolong, closes, eop trained) in the others."""

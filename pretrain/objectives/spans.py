@@ -91,6 +91,11 @@ class Documents:
         return np.minimum(np.searchsorted(count, before + 1), len(count) - 1)
 
 
+def index_in_group(group: np.ndarray) -> np.ndarray:
+    """k for the k-th element of its group (``group`` non-decreasing: a document, a row)."""
+    return np.arange(len(group)) - np.searchsorted(group, group)
+
+
 def _starts_of_runs(values: np.ndarray) -> np.ndarray:
     """True where ``values`` differs from its predecessor (and at 0)."""
     first = np.empty(len(values), dtype=bool)
@@ -184,7 +189,7 @@ def snap(docs: Documents, start: np.ndarray, end: np.ndarray, stream: int) -> tu
         return start, end
     doc = docs.doc_of(start)
     row = docs.row[doc]
-    u = rng.uniform(docs.row_key[doc], stream, np.arange(len(start)) - np.searchsorted(row, row))
+    u = rng.uniform(docs.row_key[doc], stream, index_in_group(row))
 
     def rounded(p):
         below, above = docs.clean_before[p], docs.next_clean(p)
@@ -230,7 +235,7 @@ def take_units(docs: Documents, unit_doc: np.ndarray, unit_len: np.ndarray, cand
     ``unit_doc`` is non-decreasing. Returns a bool mask over the units."""
     row = docs.row[unit_doc]
     targets = ratio * np.bincount(docs.row, weights=docs.length, minlength=int(docs.row.max(initial=-1)) + 1)
-    index_in_row = np.arange(len(row)) - np.searchsorted(row, row)
+    index_in_row = index_in_group(row)
     u = rng.uniform(docs.row_key[unit_doc], order_stream, index_in_row)
     order = np.flatnonzero(candidate)[np.argsort(row[candidate] + u[candidate], kind="stable")]
     length = unit_len[order]
@@ -265,7 +270,7 @@ def compositions(total: np.ndarray, parts: np.ndarray, keys: np.ndarray, stream:
     slot = np.arange(len(slot_doc)) - offsets(slots)[:-1][slot_doc] + 1
     u = rng.uniform(keys[slot_doc], stream, slot)
     order = np.argsort(slot_doc + u, kind="stable")
-    rank = np.arange(len(order)) - np.searchsorted(slot_doc[order], slot_doc[order])
+    rank = index_in_group(slot_doc[order])
     cut = np.sort(order[rank < parts[slot_doc[order]] - 1])    # the parts-1 cuts of each document, in order
     ends = np.empty(int(parts.sum()), dtype=np.int64)
     last = offsets(parts)[1:][parts > 0] - 1

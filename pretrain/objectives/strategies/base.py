@@ -104,11 +104,6 @@ def gmask_spans(start: np.ndarray, end: np.ndarray, gmask_id: int) -> Spans:
     return Spans(start, end, np.full(len(start), gmask_id), prolong=np.ones(len(start), dtype=bool))
 
 
-def index_in_document(docs: Documents, span_doc: np.ndarray) -> np.ndarray:
-    """k for the k-th span of its document (``span_doc`` non-decreasing)."""
-    return np.arange(len(span_doc)) - np.searchsorted(span_doc, span_doc)
-
-
 def renewal_room(rate: float, poisson_lambda: float, max_length: int, n_tokens: int) -> int:
     """Room for Part B when spans of Poisson lengths cover ``rate`` of the tokens: 2 tokens per span,
     the renewal count for target t (mean about t/mu + 1, sd sqrt(t var / mu^3)), 3 sd and 1 spare."""

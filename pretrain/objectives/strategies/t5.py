@@ -24,9 +24,9 @@ import numpy as np
 
 from pretrain.objectives import rng
 from pretrain.objectives.infill import Spans, offsets
-from pretrain.objectives.spans import Documents, compositions, snap
+from pretrain.objectives.spans import Documents, compositions, index_in_group, snap
 from pretrain.objectives.strategies.base import (N_SENTINELS, SENTINELS, Strategy, check_fraction,
-                                                 index_in_document, register)
+                                                 register)
 
 
 @dataclass
@@ -77,7 +77,7 @@ def span_corruption(docs: Documents, mask_ratio: float, mean_span_length: float,
 def sentinel_spans(docs: Documents, start: np.ndarray, end: np.ndarray, sentinels: np.ndarray) -> Spans:
     """T5's form of the spans: sentinel k in Part A and as the opener of span k's text, one Part-B
     block per document (the spans in order)."""
-    k = index_in_document(docs, docs.doc_of(start))
+    k = index_in_group(docs.doc_of(start))
     sentinel = sentinels[k % N_SENTINELS]
     return Spans(start, end, sentinel, opener=sentinel, chain=k)
 

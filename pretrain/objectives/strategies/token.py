@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pretrain.objectives.infill import Spans
-from pretrain.objectives.spans import length_cdf, snap, token_spans
+from pretrain.objectives.spans import index_in_group, length_cdf, snap, token_spans
 from pretrain.objectives.strategies.base import (SENTINELS, N_SENTINELS, Strategy, check_fraction,
-                                                 index_in_document, register, renewal_room)
+                                                 register, renewal_room)
 
 
 @dataclass
@@ -59,5 +59,5 @@ class TokenStrategy(Strategy):
         start, end = snap(docs, start, end, self.stream("snap"))
         if self.sentinels is None:
             return Spans(start, end, np.full(len(start), self.special.mask)), fallbacks
-        k = index_in_document(docs, docs.doc_of(start))
+        k = index_in_group(docs.doc_of(start))
         return Spans(start, end, self.sentinels[k % N_SENTINELS]), fallbacks

@@ -109,6 +109,4 @@ class UL2Strategy(Strategy):
             mode = Spans(chosen.start, chosen.start, np.full(len(chosen.start), self.modes[index]),
                          inline=np.ones(len(chosen.start), dtype=bool))
             parts += [mode, spans]
-        merged = Spans.concat(parts, self.special.sop)
-        order = np.lexsort((merged.end > merged.start, merged.start))   # the mode token before a span at its start
-        return merged.take(order), 0
+        return Spans.merge(parts, self.special.sop), 0  # a mode token before the span at its start
