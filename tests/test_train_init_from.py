@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,9 +26,9 @@ from pretrain.train.config import load_config
 from pretrain.train.init_from import check_fits, initial_weights, open_source, read_state
 from pretrain.train.loss import token_cross_entropy
 from pretrain.train.run_dir import load_trained_model
+from tests.test_train_distributed import launch
 
 transformers = pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[1]
 INPUTS = ("input_ids", "position_ids", "block_position_ids", "segment_ids", "part_a")
 
 
@@ -139,9 +138,8 @@ def test_a_larger_run_vocabulary_gets_mean_rows_and_says_so(assets, caplog):
 
 # --- under torchrun --------------------------------------------------------------------------------------
 def torchrun(config: Path, args: list[str], nproc: int = 2) -> dict[int, float]:
-    result = subprocess.run(train_command(config, args, nproc), cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     run_dir = Path(next(a for a in args if a.startswith("run.dir=")).removeprefix("run.dir="))
+    launch(train_command(config, args, nproc), run_dir, timeout=400)
     return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 
@@ -14,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
+    # a native crash (SIGSEGV, SIGABRT in torch, gloo or NCCL) prints every thread's Python stack, so the
+    # worker that died says where, instead of leaving only its peers' connection errors
+    faulthandler.enable()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # The global grad norm of a (dp, tp) model is reduced over both mesh dims; DTensor warns each run
