@@ -17,7 +17,7 @@ from pretrain.model.flops import batch_flops
 from pretrain.model.glm import GLMModel
 from pretrain.model.presets import PRESETS, model_config
 from pretrain.plan import Layout, Workload, evaluate, evaluate_choosing_reduction, gpu_spec, model_params, plan
-from pretrain.plan.cost import stage_flops, step_flops
+from pretrain.plan.cost import step_flops
 from pretrain.plan.layout import bubble, check, in_flight, rank_layers, stage_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_flops_are_the_trainers_accounting():
     w = Workload(cfg, seq_len=4096, global_batch=8, gpus=8, gpu=gpu_spec("h100"))
     per_rank = rank_layers(w, Layout(tp=1, pp=4, cp=1, dp=2, micro_batch=1))
     assert per_rank == [9, 11, 11, 9]  # the embedding and the head weigh as one layer each
-    split = sum(stage_flops(cfg, n, head=rank == 3, tokens=tokens, pairs=pairs) for rank, n in enumerate(per_rank))
+    split = sum(batch_flops(cfg, tokens, pairs, layers=n, head=rank == 3) for rank, n in enumerate(per_rank))
     assert split == pytest.approx(batch_flops(cfg, tokens, pairs), rel=1e-12)
     # a step's FLOPs are the trainer's for causal rows (its pairs from attention.visible_pairs)
     causal = visible_pairs(torch.zeros(8, 4096, dtype=torch.long), torch.zeros(8, 4096, dtype=torch.bool))

@@ -11,15 +11,23 @@ from __future__ import annotations
 from pretrain.model.config import ModelConfig
 
 
-def matmul_params(cfg: ModelConfig) -> int:
+def block_matmul_params(cfg: ModelConfig) -> int:
+    """Matmul weights of one transformer block."""
     attention = cfg.hidden_size * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
     mlp = (3 if cfg.mlp != "gelu" else 2) * cfg.hidden_size * cfg.ffn_hidden_size
-    return cfg.num_layers * (attention + mlp) + cfg.vocab_size * cfg.hidden_size
+    return attention + mlp
 
 
-def batch_flops(cfg: ModelConfig, tokens: float, pairs: float) -> float:
-    """Training FLOPs (forward + backward) of ``tokens`` tokens attending ``pairs`` (query, key) pairs."""
-    return 6.0 * matmul_params(cfg) * tokens + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
+def matmul_params(cfg: ModelConfig) -> int:
+    return cfg.num_layers * block_matmul_params(cfg) + cfg.vocab_size * cfg.hidden_size
+
+
+def batch_flops(cfg: ModelConfig, tokens: float, pairs: float, layers: int | None = None, head: bool = True) -> float:
+    """Training FLOPs (forward + backward) of ``tokens`` tokens attending ``pairs`` (query, key) pairs in
+    ``layers`` blocks (all by default) and the LM head: a pipeline stage holds some blocks, one the head."""
+    layers = cfg.num_layers if layers is None else layers
+    matmul = layers * block_matmul_params(cfg) + (cfg.vocab_size * cfg.hidden_size if head else 0)
+    return 6.0 * matmul * tokens + 12.0 * layers * cfg.num_heads * cfg.head_dim * pairs
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, attended_pairs_per_token: float | None = None) -> float:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pretrain.model.config import ModelConfig
-from pretrain.model.flops import batch_flops, matmul_params
+from pretrain.model.flops import batch_flops
 from pretrain.plan.hardware import LINK_EFFICIENCY, MATMUL_EFFICIENCY
 from pretrain.plan.layout import Layout, Workload, bubble, inside_node, micro_batches, rank_layers
 from pretrain.plan.memory import block_params, root_params
@@ -55,14 +55,6 @@ def mfu(w: Workload, step_s: float) -> float:
     return step_flops(w) / (step_s * w.gpus * w.gpu.peak_tflops * 1e12)
 
 
-def stage_flops(cfg: ModelConfig, layers: int, head: bool, tokens: float, pairs: float) -> float:
-    """Training FLOPs of ``layers`` blocks (+ the head) on ``tokens`` tokens attending ``pairs`` pairs:
-    model/flops.py's count split by block; all blocks with the head give batch_flops exactly."""
-    block_matmul = (matmul_params(cfg) - cfg.vocab_size * cfg.hidden_size) / cfg.num_layers
-    matmul = layers * block_matmul + (cfg.vocab_size * cfg.hidden_size if head else 0)
-    return 6.0 * matmul * tokens + 12.0 * layers * cfg.num_heads * cfg.head_dim * pairs
-
-
 def estimate_cost(w: Workload, lay: Layout) -> Cost:
     cfg, e = w.model, w.compute_bytes
     m = micro_batches(w, lay)
@@ -74,8 +66,8 @@ def estimate_cost(w: Workload, lay: Layout) -> Cost:
     # compute: the slowest pipeline rank (a recomputed forward adds a third to the blocks' forward + backward)
     pairs = lay.micro_batch * w.seq_len * (w.seq_len + 1) / 2 / lay.cp
     recompute = (forwards + 2) / 3
-    head = stage_flops(cfg, 0, head=True, tokens=tokens, pairs=0)
-    slowest = max(stage_flops(cfg, n, head=False, tokens=tokens, pairs=pairs) * recompute
+    head = batch_flops(cfg, tokens, pairs=0, layers=0, head=True)
+    slowest = max(batch_flops(cfg, tokens, pairs, layers=n, head=False) * recompute
                   + (head if rank == lay.pp - 1 else 0) for rank, n in enumerate(per_rank))
     compute_s = m * slowest / lay.tp / (w.gpu.peak_tflops * 1e12 * MATMUL_EFFICIENCY)
 
