@@ -6,9 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pretrain.model.attention import build_attention, segment_runs
-from pretrain.parallel.context import (FlexRowsAttention, WindowedSegmentAttention, row_order, shard_rows,
-                                       zigzag_positions, zigzag_windows)
+from pretrain.model.attention import SegmentSDPAAttention, build_attention
+from pretrain.parallel.context import FlexRowsAttention, row_order, shard_rows, zigzag_positions, zigzag_windows
 from tests.test_model_attention import heads_first, qkv
 
 
@@ -32,7 +31,7 @@ def simulate_ranks(segment_ids, part_a, tensors, cp):
     seq_len = segment_ids.shape[1]
     outputs = []
     for rank in range(cp):
-        attend = WindowedSegmentAttention(segment_runs(segment_ids, part_a), zigzag_windows(seq_len, cp, rank))
+        attend = SegmentSDPAAttention(segment_ids, part_a, windows=zigzag_windows(seq_len, cp, rank))
         outputs.append(attend(q[:, :, zigzag_positions(seq_len, cp, rank)], k, v))
     return row_order(torch.cat(outputs, dim=2), cp, 2)
 

@@ -19,8 +19,10 @@ only): sdpa and dense apply it, flex refuses it (FlexAttention has no dropout).
 """
 from __future__ import annotations
 
+import bisect
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -134,11 +136,19 @@ def segment_runs(segment_ids: torch.Tensor, part_a: torch.Tensor) -> list[list[R
 
 class SegmentSDPAAttention:
     """Per segment: Part-A queries over Part-A keys (one unmasked SDPA call) and Part-B queries over the
-    segment's keys with a lower-right causal mask (``prefix_causal_attention``). No mask tensor is built."""
+    segment's keys with a lower-right causal mask (``prefix_causal_attention``). No mask tensor is built.
 
-    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor, dropout_p: float = 0.0):
+    ``windows`` are the row ranges ``[(start, end), ...]`` whose queries ``q`` holds, in that order (the
+    whole row by default; under context parallelism this rank's chunks, over the full row's keys). Keys
+    are split once per row at every boundary used (runs and windows) and each range is a concatenation
+    of those pieces, whose backward is a split: slicing would allocate a zero-filled row-sized gradient
+    per slice."""
+
+    def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor, dropout_p: float = 0.0,
+                 windows: list[tuple[int, int]] | None = None):
         self.layout = segment_runs(segment_ids, part_a)  # one host sync per batch, not per layer
         self.dropout_p = dropout_p
+        self.windows = windows or [(0, segment_ids.shape[1])]
 
     # The loop is driven by this batch's host-side layout: compiled, it would recompile for every new
     # layout, so torch.compile leaves it eager (a graph break per layer) and compiles around it.
@@ -147,26 +157,71 @@ class SegmentSDPAAttention:
         groups = q.shape[1] // k.shape[1]
         if groups > 1:  # kv heads repeated to the query heads (the CPU kernels below take no GQA)
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        rows = []
-        # unbind/split rather than slicing: their backward is one stack/cat, where every slice's backward
-        # would allocate a zero-filled copy of the whole input
-        for runs, qb, kb, vb in zip(self.layout, q.unbind(0), k.unbind(0), v.unbind(0)):
-            sizes = [size for run in runs for size in (run.split - run.start, run.end - run.split)]
-            q_parts, k_parts, v_parts = (t.unsqueeze(0).split(sizes, dim=2) for t in (qb, kb, vb))  # [1, H, len, D]
-            pieces = []
-            for i, run in enumerate(runs):
-                a, b = 2 * i, 2 * i + 1  # this run's Part A and Part B pieces (a pad run is all "Part A")
-                if run.padding:  # attends only to itself: the output is its own value
-                    pieces.append(v_parts[a])
-                    continue
-                if run.split > run.start:
-                    pieces.append(F.scaled_dot_product_attention(q_parts[a], k_parts[a], v_parts[a],
-                                                                 dropout_p=self.dropout_p))
-                if run.end > run.split:
-                    pieces.append(prefix_causal_attention(q_parts[b], k_parts[a], v_parts[a], k_parts[b], v_parts[b],
-                                                          self.dropout_p))
-            rows.append(torch.cat(pieces, dim=2))
+        # unbind rather than slicing rows, for the same reason as RangeSplit
+        rows = [self._row(runs, *(t.unsqueeze(0) for t in row))  # [1, H, len, D]
+                for runs, *row in zip(self.layout, q.unbind(0), k.unbind(0), v.unbind(0))]
         return torch.cat(rows, dim=0)
+
+    def _row(self, runs: list[Run], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        pieces = list(self._pieces(runs))
+        bounds = sorted({0, k.shape[2], *(b for r in runs for b in (r.start, r.split, r.end)),
+                         *(b for w in self.windows for b in w)})
+        keys, values = RangeSplit(k, bounds), RangeSplit(v, bounds)
+        out = []
+        for piece, q_part in zip(pieces, q.split([p.end - p.start for p in pieces], dim=2)):
+            if piece.kind == "pad":  # a padding token attends only to itself: its output is its value
+                out.append(values.take(piece.start, piece.end))
+            elif piece.kind == "a":  # Part A queries: the segment's Part A, unmasked
+                out.append(F.scaled_dot_product_attention(q_part, keys.take(piece.key_start, piece.key_end),
+                                                          values.take(piece.key_start, piece.key_end),
+                                                          dropout_p=self.dropout_p))
+            else:  # Part B queries: the segment's keys before the piece, then the piece itself causally
+                out.append(prefix_causal_attention(
+                    q_part, keys.take(piece.key_start, piece.key_end), values.take(piece.key_start, piece.key_end),
+                    keys.take(piece.start, piece.end), values.take(piece.start, piece.end), self.dropout_p))
+        return torch.cat(out, dim=2)
+
+    def _pieces(self, runs: list[Run]):
+        """The query pieces covering the windows in order."""
+        for lo_window, hi_window in self.windows:
+            for run in runs:
+                lo, hi = max(run.start, lo_window), min(run.end, hi_window)
+                if lo >= hi:
+                    continue
+                if run.padding:
+                    yield Piece("pad", lo, hi, lo, lo)
+                    continue
+                if lo < run.split:
+                    yield Piece("a", lo, min(run.split, hi), run.start, run.split)
+                if hi > run.split:
+                    b_start = max(run.split, lo)
+                    yield Piece("b", b_start, hi, run.start, b_start)
+
+
+class Piece(NamedTuple):
+    """Queries [start, end) of one kind ("pad", "a": Part A, "b": Part B); keys [key_start, key_end) are
+    all visible to them (for "b" also their own span, causally)."""
+    kind: str
+    start: int
+    end: int
+    key_start: int
+    key_end: int
+
+
+class RangeSplit:
+    """``tensor`` split along dim 2 at ``bounds``; ``take(lo, hi)`` for bounds lo <= hi (empty if equal)."""
+
+    def __init__(self, tensor: torch.Tensor, bounds: list[int]):
+        self.bounds = bounds
+        self.parts = tensor.split([b - a for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
+        self.empty = tensor.new_empty(*tensor.shape[:2], 0, tensor.shape[3])
+
+    def take(self, lo: int, hi: int) -> torch.Tensor:
+        if lo == hi:
+            return self.empty
+        first, last = bisect.bisect_left(self.bounds, lo), bisect.bisect_left(self.bounds, hi)
+        parts = self.parts[first:last]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 class VarlenSDPAAttention(SegmentSDPAAttention):

@@ -11,23 +11,19 @@ under the GLM rule (docs/contracts.md §4). The Llama 3 report chose this over a
 one collective per layer whatever the segments, and the mask stays a function of row positions. The
 rule needs the row's segments and Part-A flags, all-gathered once per batch (integers, no autograd).
 
-    sdpa   per segment, for this rank's two query windows: Part-A queries over the segment's Part A,
-           Part-B queries over the segment's keys before the window unmasked plus their own span
-           causally (attention.prefix_causal_attention). Linear memory, no masked pair computed.
+    sdpa   attention.SegmentSDPAAttention with this rank's two query windows: Part-A queries over the
+           segment's Part A, Part-B queries over the segment's keys before the window unmasked plus
+           their own span causally. Linear memory, no masked pair computed.
     flex   the rule's mask_mod with local query indices mapped to row positions (Q_LEN = S/cp, KV_LEN = S).
 """
 from __future__ import annotations
 
-import bisect
-from typing import NamedTuple
-
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
-import torch.nn.functional as F
 
-from pretrain.model.attention import (_compiled_create_block_mask, _compiled_flex_attention, glm_mask_mod,
-                                      prefix_causal_attention, segment_runs)
+from pretrain.model.attention import (SegmentSDPAAttention, _compiled_create_block_mask, _compiled_flex_attention,
+                                      glm_mask_mod)
 from pretrain.parallel.config import ParallelConfig
 
 
@@ -95,7 +91,7 @@ class ContextParallelAttention:
         segments, is_a = layout[0], layout[1].bool()  # [B, S] in row order
         seq_len = segments.shape[1]
         if backend == "sdpa":
-            attend = WindowedSegmentAttention(segment_runs(segments, is_a), zigzag_windows(seq_len, self.cp, self.rank))
+            attend = SegmentSDPAAttention(segments, is_a, windows=zigzag_windows(seq_len, self.cp, self.rank))
         elif backend == "flex":
             positions = zigzag_positions(seq_len, self.cp, self.rank).to(segments.device)
             attend = FlexRowsAttention(segments, is_a, positions)
@@ -132,83 +128,3 @@ class FlexRowsAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return _compiled_flex_attention()(q.contiguous(), k, v, block_mask=self.block_mask, enable_gqa=True)
-
-
-class WindowedSegmentAttention:
-    """Queries of row windows ``[(start, end), ...]`` (this rank's tokens, in local order) over full-row
-    keys, per segment run: nothing S×S is built. Keys are split once per row at every boundary used
-    (runs and windows) and each range is a concatenation of those pieces, whose backward is a split
-    (slicing overlapping ranges would allocate a zero-filled row-sized gradient per slice)."""
-
-    def __init__(self, layout, windows: list[tuple[int, int]]):
-        self.layout = layout  # attention.segment_runs of the full rows: one host sync per batch
-        self.windows = windows
-
-    @torch.compiler.disable  # layout-driven Python loop, as attention.SegmentSDPAAttention
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:  # the CPU kernels take no GQA
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        rows = [self._row(runs, *(t.unsqueeze(0) for t in row))
-                for runs, *row in zip(self.layout, q.unbind(0), k.unbind(0), v.unbind(0))]
-        return torch.cat(rows, dim=0)
-
-    def _row(self, runs, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        pieces = list(self._pieces(runs))
-        bounds = sorted({0, k.shape[2], *(b for r in runs for b in (r.start, r.split, r.end)),
-                         *(b for w in self.windows for b in w)})
-        keys, values = RangeSplit(k, bounds), RangeSplit(v, bounds)
-        out = []
-        for piece, q_part in zip(pieces, q.split([p.end - p.start for p in pieces], dim=2)):
-            if piece.kind == "pad":  # a padding token attends only to itself: its output is its value
-                out.append(values.take(piece.start, piece.end))
-            elif piece.kind == "a":  # Part A queries: the segment's Part A, unmasked
-                out.append(F.scaled_dot_product_attention(q_part, keys.take(piece.key_start, piece.key_end),
-                                                          values.take(piece.key_start, piece.key_end)))
-            else:  # Part B queries: the segment's keys before the piece, then the piece itself causally
-                out.append(prefix_causal_attention(
-                    q_part, keys.take(piece.key_start, piece.key_end), values.take(piece.key_start, piece.key_end),
-                    keys.take(piece.start, piece.end), values.take(piece.start, piece.end)))
-        return torch.cat(out, dim=2)
-
-    def _pieces(self, runs):
-        """The query pieces covering the windows in order."""
-        for lo_window, hi_window in self.windows:
-            for run in runs:
-                lo, hi = max(run.start, lo_window), min(run.end, hi_window)
-                if lo >= hi:
-                    continue
-                if run.padding:
-                    yield Piece("pad", lo, hi, lo, lo)
-                    continue
-                if lo < run.split:
-                    yield Piece("a", lo, min(run.split, hi), run.start, run.split)
-                if hi > run.split:
-                    b_start = max(run.split, lo)
-                    yield Piece("b", b_start, hi, run.start, b_start)
-
-
-class Piece(NamedTuple):
-    """Queries [start, end) of one kind ("pad", "a": Part A, "b": Part B); keys [key_start, key_end) are
-    all visible to them (for "b" also their own span, causally)."""
-    kind: str
-    start: int
-    end: int
-    key_start: int
-    key_end: int
-
-
-class RangeSplit:
-    """``tensor`` split along dim 2 at ``bounds``; ``take(lo, hi)`` for bounds lo <= hi (empty if equal)."""
-
-    def __init__(self, tensor: torch.Tensor, bounds: list[int]):
-        self.bounds = bounds
-        self.parts = tensor.split([b - a for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
-        self.empty = tensor.new_empty(*tensor.shape[:2], 0, tensor.shape[3])
-
-    def take(self, lo: int, hi: int) -> torch.Tensor:
-        if lo == hi:
-            return self.empty
-        first, last = bisect.bisect_left(self.bounds, lo), bisect.bisect_left(self.bounds, hi)
-        parts = self.parts[first:last]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
