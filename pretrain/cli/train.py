@@ -5,6 +5,7 @@ import argparse
 import faulthandler
 import logging
 import os
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     # a native crash (SIGSEGV, SIGABRT in torch, gloo or NCCL) prints every thread's Python stack, so the
-    # worker that died says where, instead of leaving only its peers' connection errors
-    faulthandler.enable()
+    # worker that died says where, instead of leaving only its peers' connection errors (the process's
+    # own stderr: sys.stderr may be a stream without a file descriptor, e.g. captured in-process)
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=sys.__stderr__)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # The global grad norm of a (dp, tp) model is reduced over both mesh dims; DTensor warns each run
