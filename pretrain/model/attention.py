@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import functools
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -139,16 +138,17 @@ class SegmentSDPAAttention:
     segment's keys with a lower-right causal mask (``prefix_causal_attention``). No mask tensor is built.
 
     ``windows`` are the row ranges ``[(start, end), ...]`` whose queries ``q`` holds, in that order (the
-    whole row by default; under context parallelism this rank's chunks, over the full row's keys). Keys
-    are split once per row at every boundary used (runs and windows) and each range is a concatenation
-    of those pieces, whose backward is a split: slicing would allocate a zero-filled row-sized gradient
-    per slice."""
+    whole row by default; under context parallelism this rank's chunks, over the full row's keys). Each
+    row's keys are split once at every boundary used (runs and windows) and a piece's keys are one of
+    those parts or a concatenation of several, whose backward is a split: slicing would allocate a
+    zero-filled row-sized gradient per slice."""
 
     def __init__(self, segment_ids: torch.Tensor, part_a: torch.Tensor, dropout_p: float = 0.0,
                  windows: list[tuple[int, int]] | None = None):
         self.layout = segment_runs(segment_ids, part_a)  # one host sync per batch, not per layer
         self.dropout_p = dropout_p
         self.windows = windows or [(0, segment_ids.shape[1])]
+        self.plans = [RowPlan.of(runs, self.windows, segment_ids.shape[1]) for runs in self.layout]  # every layer's
 
     # The loop is driven by this batch's host-side layout: compiled, it would recompile for every new
     # layout, so torch.compile leaves it eager (a graph break per layer) and compiles around it.
@@ -157,71 +157,71 @@ class SegmentSDPAAttention:
         groups = q.shape[1] // k.shape[1]
         if groups > 1:  # kv heads repeated to the query heads (the CPU kernels below take no GQA)
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        # unbind rather than slicing rows, for the same reason as RangeSplit
-        rows = [self._row(runs, *(t.unsqueeze(0) for t in row))  # [1, H, len, D]
-                for runs, *row in zip(self.layout, q.unbind(0), k.unbind(0), v.unbind(0))]
+        # unbind rather than slicing rows, for the same reason as the key parts
+        rows = [self._row(plan, *(t.unsqueeze(0) for t in row))  # [1, H, len, D]
+                for plan, *row in zip(self.plans, q.unbind(0), k.unbind(0), v.unbind(0))]
         return torch.cat(rows, dim=0)
 
-    def _row(self, runs: list[Run], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        pieces = list(self._pieces(runs))
-        bounds = sorted({0, k.shape[2], *(b for r in runs for b in (r.start, r.split, r.end)),
-                         *(b for w in self.windows for b in w)})
-        keys, values = RangeSplit(k, bounds), RangeSplit(v, bounds)
+    def _row(self, plan: RowPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_parts, v_parts = k.split(plan.key_sizes, dim=2), v.split(plan.key_sizes, dim=2)
         out = []
-        for piece, q_part in zip(pieces, q.split([p.end - p.start for p in pieces], dim=2)):
-            if piece.kind == "pad":  # a padding token attends only to itself: its output is its value
-                out.append(values.take(piece.start, piece.end))
-            elif piece.kind == "a":  # Part A queries: the segment's Part A, unmasked
-                out.append(F.scaled_dot_product_attention(q_part, keys.take(piece.key_start, piece.key_end),
-                                                          values.take(piece.key_start, piece.key_end),
+        for (kind, visible, own), q_part in zip(plan.pieces, q.split(plan.query_sizes, dim=2)):
+            if kind == "pad":  # a padding token attends only to itself: its output is its value
+                out.append(_joined(v_parts, own))
+            elif kind == "a":  # Part A queries: the segment's Part A, unmasked
+                out.append(F.scaled_dot_product_attention(q_part, _joined(k_parts, visible), _joined(v_parts, visible),
                                                           dropout_p=self.dropout_p))
             else:  # Part B queries: the segment's keys before the piece, then the piece itself causally
-                out.append(prefix_causal_attention(
-                    q_part, keys.take(piece.key_start, piece.key_end), values.take(piece.key_start, piece.key_end),
-                    keys.take(piece.start, piece.end), values.take(piece.start, piece.end), self.dropout_p))
+                out.append(prefix_causal_attention(q_part, _joined(k_parts, visible), _joined(v_parts, visible),
+                                                   _joined(k_parts, own), _joined(v_parts, own), self.dropout_p))
         return torch.cat(out, dim=2)
 
-    def _pieces(self, runs: list[Run]):
-        """The query pieces covering the windows in order."""
-        for lo_window, hi_window in self.windows:
+
+@dataclass(frozen=True)
+class RowPlan:
+    """One row's attention work, made once per batch. Keys are split into parts of ``key_sizes``; each
+    query piece (``query_sizes``, in the windows' order) is (kind: "pad" | "a" (Part A) | "b" (Part B),
+    the parts [i, j) of the keys it sees unmasked, the parts [i, j) of its own span)."""
+    key_sizes: list[int]
+    query_sizes: list[int]
+    pieces: list[tuple[str, tuple[int, int], tuple[int, int]]]
+
+    @classmethod
+    def of(cls, runs: list[Run], windows: list[tuple[int, int]], seq_len: int) -> RowPlan:
+        bounds = sorted({0, seq_len, *(b for r in runs for b in (r.start, r.split, r.end)),
+                         *(b for w in windows for b in w)})
+
+        def parts(lo: int, hi: int) -> tuple[int, int]:
+            return bisect.bisect_left(bounds, lo), bisect.bisect_left(bounds, hi)
+
+        query_sizes, pieces = [], []
+        for lo_window, hi_window in windows:
             for run in runs:
                 lo, hi = max(run.start, lo_window), min(run.end, hi_window)
                 if lo >= hi:
                     continue
                 if run.padding:
-                    yield Piece("pad", lo, hi, lo, lo)
+                    query_sizes.append(hi - lo)
+                    pieces.append(("pad", parts(lo, lo), parts(lo, hi)))
                     continue
                 if lo < run.split:
-                    yield Piece("a", lo, min(run.split, hi), run.start, run.split)
+                    query_sizes.append(min(run.split, hi) - lo)
+                    pieces.append(("a", parts(run.start, run.split), parts(lo, min(run.split, hi))))
                 if hi > run.split:
                     b_start = max(run.split, lo)
-                    yield Piece("b", b_start, hi, run.start, b_start)
+                    query_sizes.append(hi - b_start)
+                    pieces.append(("b", parts(run.start, b_start), parts(b_start, hi)))
+        return cls([b - a for a, b in zip(bounds[:-1], bounds[1:])], query_sizes, pieces)
 
 
-class Piece(NamedTuple):
-    """Queries [start, end) of one kind ("pad", "a": Part A, "b": Part B); keys [key_start, key_end) are
-    all visible to them (for "b" also their own span, causally)."""
-    kind: str
-    start: int
-    end: int
-    key_start: int
-    key_end: int
-
-
-class RangeSplit:
-    """``tensor`` split along dim 2 at ``bounds``; ``take(lo, hi)`` for bounds lo <= hi (empty if equal)."""
-
-    def __init__(self, tensor: torch.Tensor, bounds: list[int]):
-        self.bounds = bounds
-        self.parts = tensor.split([b - a for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
-        self.empty = tensor.new_empty(*tensor.shape[:2], 0, tensor.shape[3])
-
-    def take(self, lo: int, hi: int) -> torch.Tensor:
-        if lo == hi:
-            return self.empty
-        first, last = bisect.bisect_left(self.bounds, lo), bisect.bisect_left(self.bounds, hi)
-        parts = self.parts[first:last]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+def _joined(parts: tuple[torch.Tensor, ...], span: tuple[int, int]) -> torch.Tensor:
+    """Key parts [i, j) along dim 2: one part as it is, several concatenated, none empty."""
+    first, last = span
+    if last - first == 1:
+        return parts[first]
+    if last == first:
+        return parts[0].new_empty(*parts[0].shape[:2], 0, parts[0].shape[3])
+    return torch.cat(parts[first:last], dim=2)
 
 
 class VarlenSDPAAttention(SegmentSDPAAttention):
