@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from pretrain.model.config import ModelConfig
+from pretrain.model.flops import block_matmul_params
 from pretrain.plan.layout import Layout, Workload, in_flight_on, micro_batches, rank_layers
 
 FP32 = 4
@@ -58,14 +59,10 @@ class Memory:
 
 def block_params(cfg: ModelConfig, tp: int) -> float:
     """Parameters of one block on one TP rank (column/row-split weights and their split biases / tp)."""
-    h, f, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
-    glu = cfg.mlp != "gelu"
-    attention = h * d * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
-    qkv_bias = (cfg.num_heads + 2 * cfg.num_kv_heads) * d if cfg.qkv_bias else 0
-    mlp = (3 if glu else 2) * h * f
-    mlp_bias = (2 if glu else 1) * f if cfg.bias else 0
-    replicated = 2 * _norm_params(cfg) + (2 * h if cfg.bias else 0)  # norms, o_proj and down_proj biases
-    return (attention + qkv_bias + mlp + mlp_bias) / tp + replicated
+    qkv_bias = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim if cfg.qkv_bias else 0
+    mlp_bias = (2 if cfg.mlp != "gelu" else 1) * cfg.ffn_hidden_size if cfg.bias else 0
+    replicated = 2 * _norm_params(cfg) + (2 * cfg.hidden_size if cfg.bias else 0)  # norms, o_proj and down_proj biases
+    return (block_matmul_params(cfg) + qkv_bias + mlp_bias) / tp + replicated
 
 
 def root_params(cfg: ModelConfig, lay: Layout, first: bool, last: bool) -> float:
